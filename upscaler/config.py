@@ -1,0 +1,80 @@
+"""The one place configuration is read.
+
+:class:`Settings` is built once from the environment (``UPSCALER_*`` variables) and passed down; nothing else in the
+core reads ``os.environ``. Every limit of the product is a field here, so it is explicit and configurable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+PREFIX = "UPSCALER_"
+
+
+def _parse(value: str, kind: Any) -> Any:
+    if kind is bool:
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if kind is int:
+        return int(value)
+    if kind is float:
+        return float(value)
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, with their defaults. ``UPSCALER_<FIELD>`` in the environment overrides a field."""
+
+    # --- engine -------------------------------------------------------------------------------------------
+    #: ncnn CPU threads per inference (0 = one per core).
+    ncnn_threads: int = 0
+    #: "auto": use a Vulkan GPU when ncnn finds one; "off": CPU only.
+    gpu: str = "auto"
+    #: Input tile side in pixels for tiled inference (0 = automatic, from the model's memory per pixel).
+    tile_size: int = 0
+    #: Memory the automatic tile size aims at for one inference, in MiB.
+    tile_memory_mb: int = 768
+    #: Overlap between neighbouring tiles, in input pixels.
+    tile_overlap: int = 16
+    #: Largest output an upscale may produce, in megapixels (checked before anything is allocated).
+    max_output_megapixels: float = 50.0
+    #: Largest input the engine accepts, in megapixels.
+    max_input_megapixels: float = 50.0
+    #: Model used when a request names none.
+    default_model: str = "span"
+    #: Default factor for downscaling on store.
+    default_scale: int = 4
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``UPSCALER_*`` variables; keyword arguments win over the environment."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is not None:
+                try:
+                    values[f.name] = _parse(raw, hints[f.name])
+                except ValueError as exc:
+                    raise ValueError(f"{PREFIX}{f.name.upper()}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
