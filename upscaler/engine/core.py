@@ -19,11 +19,13 @@ from PIL import Image
 from upscaler.config import Settings
 from upscaler.engine import pixels, registry, runtime, tiling
 from upscaler.engine.pixels import ImageLike
-from upscaler.errors import InvalidInput, TooLarge, UnsupportedScale
+from upscaler.errors import InvalidInput, TooLarge, UndecodableImage, UnsupportedScale
 
 log = logging.getLogger(__name__)
 
 ALPHA_MODES = ("model", "bicubic")
+#: Inputs with a side below this are mirrored up to it before a network runs (input pixels).
+MIN_NETWORK_SIDE = 16
 _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
@@ -42,7 +44,7 @@ def downscale_size(
     side is brought down to ``max_size``, or the shorter side up to ``min_size``, never above the original size.
     """
     if width < 1 or height < 1:
-        raise InvalidInput(f"empty image ({width}x{height})")
+        raise UndecodableImage(f"empty image ({width}x{height})")
     if factor is None:
         factor = 1.0 if (min_size or max_size) else 4.0
     if not (factor >= 1.0 and math.isfinite(factor)):
@@ -148,13 +150,20 @@ class Engine:
         if not spec.is_network:
             return pixels.resize(planes, (out_w, out_h), _INTERPOLATION[spec.name])
         net = runtime.load(spec, self.options)
+        # Networks see zero padding around the image, which is what they were trained with (measured: mirroring
+        # the border costs 0.01-0.1 dB), but a tiny input is mostly border: mirror it up to a minimum side first.
+        s = spec.scale
+        pad = max(0, (MIN_NETWORK_SIDE - min(planes.shape[:2]) + 1) // 2)
+        padded = np.pad(planes, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric") if pad else planes
         result = tiling.apply(
-            planes,
-            spec.scale,
+            padded,
+            s,
             _network_fn(net),
             tile=tile or self.auto_tile(spec),
             overlap=self.settings.tile_overlap,
         )
+        if pad:
+            result = result[pad * s : -pad * s, pad * s : -pad * s]
         np.clip(result, 0.0, 1.0, out=result)
         if result.shape[0] != out_h or result.shape[1] != out_w:
             result = pixels.resize(result, (out_w, out_h), Image.Resampling.LANCZOS)
@@ -164,7 +173,7 @@ class Engine:
         self, width: int, height: int, scale: float | None, size: tuple[int, int] | None
     ) -> tuple[int, int]:
         if width < 1 or height < 1:
-            raise InvalidInput(f"empty image ({width}x{height})")
+            raise UndecodableImage(f"empty image ({width}x{height})")
         if size is not None:
             try:
                 out_w, out_h = (int(v) for v in size)

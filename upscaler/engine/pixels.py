@@ -185,9 +185,9 @@ def resize(plane: np.ndarray, size: tuple[int, int], resample: Image.Resampling)
     if plane.shape[1] == size[0] and plane.shape[0] == size[1]:
         return plane
     if plane.ndim == 2:
-        return np.asarray(Image.fromarray(plane).resize(size, resample), dtype=np.float32)
+        return np.array(Image.fromarray(plane).resize(size, resample), dtype=np.float32)
     channels = [
         np.asarray(Image.fromarray(np.ascontiguousarray(plane[:, :, c])).resize(size, resample))
         for c in range(plane.shape[2])
     ]
-    return np.stack(channels, axis=2).astype(np.float32, copy=False)
+    return np.stack(channels, axis=2).astype(np.float32, copy=False)  # stack copies: writable
