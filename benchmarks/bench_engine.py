@@ -142,9 +142,10 @@ def throughput(engine: Engine, repeats: int, quick: bool) -> list[list[object]]:
 
 
 def peak_rss_child(model: str, out_side: int, tile: int) -> dict[str, float]:
-    """Upscale to out_side x out_side in a fresh process; report its peak RSS (ru_maxrss of the child)."""
+    """Upscale to out_side x out_side in a fresh process; report its peak RSS (VmHWM of the child: ru_maxrss
+    would carry the parent's peak across exec)."""
     code = f"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from PIL import Image
 from upscaler.engine import Engine, registry
@@ -154,13 +155,17 @@ from skimage import data
 img = Image.fromarray(data.astronaut()).resize((side, side), Image.Resampling.BICUBIC)
 eng = Engine()
 eng.warmup(spec.name)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = hwm_mb()
 t = time.perf_counter()
 out = eng.upscale(img, spec.scale, model=spec.name, tile={tile} or None)
 dt = time.perf_counter() - t
 print(json.dumps({{"out_mp": out.width * out.height / 1e6, "seconds": dt,
-                  "rss_before_mb": before / 1024,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_mb": before,
+                  "peak_rss_mb": hwm_mb(),
                   "tile": {tile} or eng.auto_tile(spec)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

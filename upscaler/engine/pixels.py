@@ -141,8 +141,17 @@ def _pil_to_planes(image: Image.Image) -> Planes:
     return Planes(color, alpha, is_pil=True, out_mode=mode, note=note)
 
 
+def _quantize(values: np.ndarray, maxval: float, dtype: type) -> np.ndarray:
+    """Scale [0, 1] floats to integers in place (no full-size temporaries), then cast."""
+    values *= maxval
+    np.rint(values, out=values)
+    return values.astype(dtype)
+
+
 def from_planes(planes: Planes, color: np.ndarray, alpha: np.ndarray | None) -> ImageLike:
-    """Rebuild the caller's type from processed planes (same layout as ``planes``, new size)."""
+    """Rebuild the caller's type from processed planes (same layout as ``planes``, new size).
+
+    ``color`` and ``alpha`` are consumed: they are clipped and scaled in place to keep peak memory low."""
     np.clip(color, 0.0, 1.0, out=color)
     if alpha is not None:
         np.clip(alpha, 0.0, 1.0, out=alpha)
@@ -153,15 +162,15 @@ def from_planes(planes: Planes, color: np.ndarray, alpha: np.ndarray | None) -> 
         maxval = _maxval(planes.dtype)
         if maxval == 1.0:
             return stacked.astype(planes.dtype)
-        return np.rint(stacked * maxval).astype(planes.dtype)
+        return _quantize(stacked, maxval, planes.dtype.type)
     if planes.out_mode in ("I;16", "I"):
-        values = np.rint(color[:, :, 0] * 65535.0)
-        out = Image.fromarray(values.astype(np.uint16 if planes.out_mode == "I;16" else np.int32))
+        values = _quantize(color[:, :, 0], 65535.0, np.uint16 if planes.out_mode == "I;16" else np.int32)
+        out = Image.fromarray(values)
     else:
         stacked = color if alpha is None else np.concatenate([color, alpha[:, :, None]], axis=2)
         if stacked.shape[2] == 1:
             stacked = stacked[:, :, 0]
-        out = Image.fromarray(np.rint(stacked * 255.0).astype(np.uint8))
+        out = Image.fromarray(_quantize(stacked, 255.0, np.uint8))
         if out.mode != planes.out_mode:
             out = out.convert(planes.out_mode)
     if planes.note:
