@@ -56,6 +56,39 @@ class Settings:
     #: Default factor for downscaling on store.
     default_scale: int = 4
 
+    # --- storage ------------------------------------------------------------------------------------------
+    #: Where objects live: a folder path (the embedded default) or ``s3://`` (bucket from each request).
+    storage: str = "./data/objects"
+    #: S3-compatible endpoint (moto, MinIO, LocalStack); empty = AWS's, from the standard config chain.
+    s3_endpoint_url: str = ""
+    #: Bucket used when a request names none (the /v1 routes).
+    default_bucket: str = "upscaler"
+    #: Buckets requests may name; empty = any valid bucket name.
+    allowed_buckets: tuple[str, ...] = ()
+    #: Codec and quality the downscaled image is stored with (chosen by benchmarks/bench_codecs.py).
+    stored_codec: str = "avif"
+    stored_quality: int = 80
+
+    # --- upscaling -----------------------------------------------------------------------------------------
+    #: ``local`` (or ``local:<model>``) runs the engine in process; ``sagemaker:<endpoint>`` calls SageMaker.
+    upscaler: str = "local"
+    #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
+    allowed_endpoints: tuple[str, ...] = ()
+
+    # --- HTTP limits ----------------------------------------------------------------------------------------
+    #: Largest request body, in bytes (a base64 image is 4/3 of its file size).
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: Largest image file accepted, in bytes.
+    max_image_bytes: int = 40 * 1024 * 1024
+    #: Largest source image, in megapixels (decompression bombs are refused from the header).
+    max_source_megapixels: float = 50.0
+    #: Hosts a /v1 request may fetch a source image from by URL (exact names or ``*.suffix``); empty = none.
+    allowed_source_hosts: tuple[str, ...] = ()
+    #: Let URL sources resolve to loopback/private/link-local addresses (never for the cloud metadata address).
+    allow_private_sources: bool = False
+    #: Seconds allowed for fetching a URL source.
+    source_timeout: float = 10.0
+
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

@@ -1,0 +1,112 @@
+"""``upscaler``: run the service and its helpers.
+
+  upscaler serve            HTTPS on 127.0.0.1:8443 with the embedded defaults (local folder, local CPU model)
+  upscaler cert             make a self-signed certificate for local HTTPS
+  upscaler models           list the models and where their weights come from
+
+Settings come from UPSCALER_* environment variables (see upscaler/config.py); flags here cover the server only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from api.tls import DEFAULT_HOSTS, make_self_signed
+
+DEFAULT_TLS_DIR = Path("data/tls")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"{args.host}:{args.port}"]
+    if not args.plain_http:
+        cert, key = Path(args.certfile), Path(args.keyfile)
+        if not cert.exists() or not key.exists():
+            if args.certfile != str(DEFAULT_TLS_DIR / "cert.pem"):
+                print(f"certificate {cert} or key {key} not found", file=sys.stderr)
+                return 2
+            make_self_signed(cert, key)
+            print(f"made a self-signed certificate for {', '.join(DEFAULT_HOSTS)} in {cert.parent}", file=sys.stderr)
+        argv += ["--certfile", str(cert), "--keyfile", str(key)]
+    if args.workers:
+        os.environ["GUNICORN_WORKERS"] = str(args.workers)
+    if int(os.environ.get("GUNICORN_WORKERS", "1")) > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="upscaler-metrics-")
+    argv.append("api.app:create_app()")
+    scheme = "http" if args.plain_http else "https"
+    storage = os.environ.get("UPSCALER_STORAGE", "./data/objects")
+    print(f"serving on {scheme}://{args.host}:{args.port} (storage: {storage})", file=sys.stderr)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # gunicorn becomes this process: signals reach it directly
+    return 0  # pragma: no cover
+
+
+def _cert(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    make_self_signed(out / "cert.pem", out / "key.pem", tuple(args.host) or DEFAULT_HOSTS, args.days)
+    print(f"wrote {out / 'cert.pem'} and {out / 'key.pem'}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from upscaler.engine import registry
+
+    for spec in registry.MODELS.values():
+        source = "built in"
+        if spec.is_network:
+            try:
+                source = str(registry.weight_files(spec)[1])
+            except Exception as exc:  # a missing package is reported, not raised
+                source = f"missing: {exc}"
+        scale = f"x{spec.scale}" if spec.scale else "any"
+        print(f"{spec.name:26} {scale:4} {spec.kind:13} {spec.license or '-':40} {source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="upscaler", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve", help="run the HTTP API under gunicorn", description="Run the HTTP API under gunicorn."
+    )
+    serve.add_argument(
+        "--host", default=os.environ.get("UPSCALER_HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("UPSCALER_PORT", "8443")), help="port (default 8443)"
+    )
+    serve.add_argument(
+        "--certfile",
+        default=str(DEFAULT_TLS_DIR / "cert.pem"),
+        help="TLS certificate (default data/tls/cert.pem, made self-signed on first start)",
+    )
+    serve.add_argument("--keyfile", default=str(DEFAULT_TLS_DIR / "key.pem"), help="TLS private key")
+    serve.add_argument("--plain-http", action="store_true", help="serve plain HTTP (behind a TLS-terminating proxy)")
+    serve.add_argument(
+        "--workers", type=int, default=0, help="gunicorn worker processes (default 1; each loads the models)"
+    )
+    serve.set_defaults(func=_serve)
+
+    cert = sub.add_parser(
+        "cert", help="make a self-signed TLS certificate", description="Make a self-signed certificate."
+    )
+    cert.add_argument("--out", default=str(DEFAULT_TLS_DIR), help="folder for cert.pem and key.pem")
+    cert.add_argument("--host", action="append", default=[], help="host name or IP for the certificate (repeatable)")
+    cert.add_argument("--days", type=int, default=825, help="validity in days")
+    cert.set_defaults(func=_cert)
+
+    models = sub.add_parser("models", help="list models and their weights", description="List the models.")
+    models.set_defaults(func=_models)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

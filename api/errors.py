@@ -1,0 +1,41 @@
+"""Every failure becomes a JSON body with the right status: never a stack trace, never a 500 for bad input."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.responses import error
+from upscaler.errors import Busy, Unavailable, UpscalerError
+
+log = logging.getLogger("api")
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(UpscalerError)
+    def upscaler_error(exc: UpscalerError) -> Response:
+        headers = {}
+        retry = getattr(exc, "retry_after", None)
+        if isinstance(exc, (Busy, Unavailable)) and retry:
+            headers["Retry-After"] = str(max(1, round(retry)))
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message})
+        return error(exc.message, exc.status, exc.code, headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error(f"request body is over the limit of {limit} bytes", 413, "too_large")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        return error(exc.description or exc.name, status, exc.name.lower().replace(" ", "_"), headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error("internal error; the request id in the logs tells what happened", 500, "internal")

@@ -1,0 +1,264 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from upscaler import __version__
+
+
+def _legacy_ok(data_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "description": "The original service's body: [{data}, code]; the HTTP status matches code.",
+        "prefixItems": [
+            {"type": "object", "properties": {"data": data_schema}, "required": ["data"]},
+            {"type": "integer"},
+        ],
+        "minItems": 2,
+        "maxItems": 2,
+    }
+
+
+LEGACY_ERROR = {
+    "type": "array",
+    "prefixItems": [
+        {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+        {"type": "integer"},
+    ],
+    "minItems": 2,
+    "maxItems": 2,
+}
+ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}, "status": {"type": "integer"}},
+    "required": ["error", "code", "status"],
+}
+STORE_RESULT = {
+    "type": "object",
+    "properties": {
+        "s3_bucket": {"type": "string"},
+        "s3_key": {"type": "string"},
+        "original": {"type": "object"},
+        "stored": {"type": "object"},
+        "saved_percent": {"type": "number"},
+        "model": {"type": "string"},
+    },
+    "required": ["s3_bucket", "s3_key", "original", "stored", "saved_percent"],
+}
+
+
+def _errors(legacy: bool, *codes: int) -> dict[str, Any]:
+    schema = LEGACY_ERROR if legacy else ERROR
+    return {str(c): {"description": _REASONS[c], "content": {"application/json": {"schema": schema}}} for c in codes}
+
+
+_REASONS = {
+    400: "invalid input",
+    401: "missing or invalid credentials",
+    403: "not allowed (bucket, source host, key scope)",
+    404: "no such object",
+    405: "method not allowed",
+    413: "over a configured limit (bytes, megapixels)",
+    415: "unsupported media type",
+    422: "the image cannot be decoded",
+    429: "too many requests in flight; retry after Retry-After",
+    503: "a dependency (model, store, endpoint) is unavailable",
+}
+
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_BUCKET = {"name": "bucket", "in": "query", "schema": {"type": "string"}, "description": "default: configured"}
+_STORE_QUERY = [
+    {"name": "scale", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 4}},
+    {
+        "name": "codec",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["avif", "webp", "webp-lossless", "jpeg", "png"]},
+    },
+    {"name": "quality", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+]
+_RETRIEVE_QUERY = [
+    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["png", "jpeg", "webp", "avif", "tiff"]}},
+    {"name": "quality", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+    {"name": "scale", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 16}},
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
+]
+_SOURCE_BODY = {
+    "type": "object",
+    "properties": {
+        "img": {"type": "string", "description": "base64 image bytes"},
+        "url": {"type": "string", "description": "http(s) URL on the source allow-list, or s3://bucket/key"},
+        "scale": {"type": "number", "minimum": 1, "maximum": 4},
+        "model": {"type": "string"},
+        "format": {"type": "string"},
+        "bucket": {"type": "string"},
+        "codec": {"type": "string"},
+        "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    image_binary = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "media-upscaler",
+            "version": __version__,
+            "description": "Store images downscaled; get them back at full size with super-resolution. "
+            "Legacy routes keep the original service's [{data}, code] bodies.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/store": {
+                "post": {
+                    "summary": "Downscale and store a base64 image (legacy)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image", "s3_key_name"],
+                                    "properties": {
+                                        "image": {"type": "string", "description": "base64 file bytes"},
+                                        "s3_key_name": {"type": "string"},
+                                        "s3_bucket": {"type": "string"},
+                                        "endpoint": {"type": "string"},
+                                        "upscaleMethod": {"type": "string"},
+                                        "scale": {"type": "number", "minimum": 1, "maximum": 4},
+                                        "codec": {"type": "string"},
+                                        "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+                                        "model": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "stored",
+                            "content": {"application/json": {"schema": _legacy_ok(STORE_RESULT)}},
+                        },
+                        **_errors(True, 400, 403, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/retrieve": {
+                "get": {
+                    "summary": "Upscale a stored image back to its original size and format (legacy, base64)",
+                    "parameters": [
+                        {"name": "s3_key", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "s3_bucket", "in": "query", "schema": {"type": "string"}},
+                        *_RETRIEVE_QUERY,
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "base64 image",
+                            "content": {"application/json": {"schema": _legacy_ok({"type": "string"})}},
+                        },
+                        **_errors(True, 400, 403, 404, 413, 503),
+                    },
+                }
+            },
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/ready": {
+                "get": {
+                    "summary": "Readiness: model loaded, store reachable",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                }
+            },
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition"}}}
+            },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/v1/images/{key}": {
+                "parameters": [_KEY, _BUCKET],
+                "put": {
+                    "summary": "Store an image given as the raw request body",
+                    "parameters": _STORE_QUERY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            **image_binary,
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    "responses": {
+                        "201": {"description": "stored", "content": {"application/json": {"schema": STORE_RESULT}}},
+                        **_errors(False, 400, 403, 413, 415, 422, 503),
+                    },
+                },
+                "post": {
+                    "summary": "Store an image from a URL, s3:// or base64 JSON body",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _SOURCE_BODY}}},
+                    "responses": {
+                        "201": {"description": "stored", "content": {"application/json": {"schema": STORE_RESULT}}},
+                        **_errors(False, 400, 403, 404, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "summary": "The image upscaled to its original size and format (raw bytes)",
+                    "parameters": _RETRIEVE_QUERY,
+                    "responses": {
+                        "200": {"description": "image", "content": image_binary},
+                        **_errors(False, 400, 403, 404, 413, 503),
+                    },
+                },
+                "head": {
+                    "summary": "Headers describing the stored image; runs no model",
+                    "responses": {"200": {"description": "exists"}, "404": {"description": "missing"}},
+                },
+                "delete": {
+                    "summary": "Delete the stored image",
+                    "responses": {"204": {"description": "deleted"}, **_errors(False, 400, 403, 404)},
+                },
+            },
+            "/v1/images/{key}/metadata": {
+                "get": {
+                    "summary": "The stored record (original size, format, mode, stored form)",
+                    "parameters": [_KEY, _BUCKET],
+                    "responses": {
+                        "200": {
+                            "description": "record",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(False, 400, 403, 404),
+                    },
+                },
+            },
+            "/v1/upscale": {
+                "post": {
+                    "summary": "Upscale an image without storing it (img or url in, base64 out)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _SOURCE_BODY}}},
+                    "responses": {
+                        "200": {
+                            "description": "upscaled",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "result": {"type": "string"},
+                                            "content_type": {"type": "string"},
+                                            "width": {"type": "integer"},
+                                            "height": {"type": "integer"},
+                                        },
+                                        "required": ["result"],
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(False, 400, 403, 404, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {"summary": "Models this service can run", "responses": {"200": {"description": "models"}}}
+            },
+        },
+    }

@@ -1,0 +1,90 @@
+"""Reading and checking request fields: one place, so every route validates the same way."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from typing import Any
+
+from flask import request
+
+from upscaler.errors import InvalidInput, UnsupportedMedia
+
+_DATA_URL = re.compile(r"^data:[\w.+/-]+;base64,", re.IGNORECASE)
+
+
+def json_body() -> dict[str, Any]:
+    if not request.is_json:
+        ctype = request.content_type or "none"
+        raise UnsupportedMedia(f"expected Content-Type application/json, got {ctype}")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return body
+
+
+def b64_image(value: Any, field: str) -> bytes:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"'{field}' must be a non-empty base64 string")
+    text = _DATA_URL.sub("", value.strip())
+    text = "".join(text.split())  # tolerate line breaks (MIME base64)
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"'{field}' is not valid base64") from None
+    if not data:
+        raise InvalidInput(f"'{field}' decodes to no bytes")
+    return data
+
+
+def text(source: dict[str, Any], field: str, *, required: bool = False, max_len: int = 1024) -> str | None:
+    value = source.get(field)
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(f"'{field}' is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{field}' must be a string")
+    if len(value) > max_len:
+        raise InvalidInput(f"'{field}' is longer than {max_len} characters")
+    return value
+
+
+def number(source: dict[str, Any], field: str, *, lo: float, hi: float, integer: bool = False) -> float | None:
+    value = source.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"'{field}' must be a number")
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"'{field}' must be a number") from None
+    if not math.isfinite(num) or not lo <= num <= hi:
+        raise InvalidInput(f"'{field}' must be between {lo:g} and {hi:g}")
+    if integer:
+        if num != int(num):
+            raise InvalidInput(f"'{field}' must be a whole number")
+        return int(num)
+    return num
+
+
+def store_options(source: dict[str, Any]) -> dict[str, Any]:
+    """Optional store settings shared by the legacy and /v1 routes."""
+    return {
+        "scale": number(source, "scale", lo=1, hi=4),
+        "codec": text(source, "codec", max_len=32),
+        "quality": number(source, "quality", lo=1, hi=100, integer=True),
+        "model": text(source, "model", max_len=64),
+    }
+
+
+def retrieve_options(source: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": text(source, "format", max_len=16),
+        "quality": number(source, "quality", lo=1, hi=100, integer=True),
+        "scale": number(source, "scale", lo=1, hi=16),
+        "model": text(source, "model", max_len=64),
+    }

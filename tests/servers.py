@@ -1,0 +1,99 @@
+"""Real servers on loopback for tests: gunicorn with TLS (through the `upscaler serve` command) and moto."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+import urllib3
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSCALER = Path(sys.executable).with_name("upscaler")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            resp = requests.get(url, verify=False, timeout=2)
+            if resp.status_code == 200:
+                return
+            last = f"{resp.status_code} {resp.text[:200]}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+@contextlib.contextmanager
+def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """Start `upscaler serve` (gunicorn, HTTPS with a self-signed certificate) in ``workdir``; yield its URL."""
+    port = free_port()
+    full_env = {**os.environ, "UPSCALER_NCNN_THREADS": "2", "GUNICORN_THREADS": "4", **(env or {})}
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(UPSCALER), "serve", "--port", str(port), *extra_args],
+        cwd=workdir,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/ready", proc=proc)
+        yield url
+    except BaseException:
+        log.flush()
+        sys.stderr.write((workdir / "server.log").read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's real server on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}

@@ -1,0 +1,208 @@
+"""Store and retrieve images: the product's core flow, with no web framework in it.
+
+``S3CommonUpscaler`` (the original service's name) downscales an image and stores the small version with a record
+of everything needed to restore it (:class:`upscaler.media.ImageRecord`), in S3 or a local folder; ``retrieve``
+reads it back and upscales it through an :class:`~upscaler.providers.UpscaleProvider` to the original size,
+format and mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from upscaler import media
+from upscaler.config import Settings
+from upscaler.engine import Engine
+from upscaler.errors import Forbidden, InvalidInput
+from upscaler.providers import UpscaleProvider
+from upscaler.store import ObjectStore
+from upscaler.store.keys import validate_bucket, validate_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreResult:
+    bucket: str
+    key: str
+    record: media.ImageRecord
+    seconds: float
+
+    @property
+    def saved_ratio(self) -> float:
+        """Share of the original bytes saved (0.9 = 90 % smaller)."""
+        return 1.0 - self.record.stored_bytes / max(self.record.original_bytes, 1)
+
+    def to_dict(self) -> dict[str, object]:
+        r = self.record
+        return {
+            "s3_bucket": self.bucket,
+            "s3_key": self.key,
+            "original": {
+                "width": r.width,
+                "height": r.height,
+                "format": r.format,
+                "mode": r.mode,
+                "bytes": r.original_bytes,
+            },
+            "stored": {
+                "width": r.stored_width,
+                "height": r.stored_height,
+                "codec": r.stored_codec,
+                "quality": r.stored_quality,
+                "bytes": r.stored_bytes,
+                "scale": r.scale,
+            },
+            "saved_percent": round(100.0 * self.saved_ratio, 2),
+            "model": r.model,
+        }
+
+
+@dataclass
+class RetrieveResult:
+    data: bytes
+    content_type: str
+    record: media.ImageRecord
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class S3CommonUpscaler:
+    """Downscale + store, and read + upscale, over an :class:`ObjectStore` and an :class:`UpscaleProvider`."""
+
+    def __init__(self, store: ObjectStore, provider: UpscaleProvider, engine: Engine, settings: Settings) -> None:
+        self.store = store
+        self.provider = provider
+        self.engine = engine
+        self.settings = settings
+        self.limits = media.DecodeLimits(
+            max_bytes=settings.max_image_bytes, max_megapixels=settings.max_source_megapixels
+        )
+
+    # ---- checks ------------------------------------------------------------------------------------------
+    def bucket(self, bucket: str | None) -> str:
+        name = validate_bucket(bucket or self.settings.default_bucket)
+        allowed = self.settings.allowed_buckets
+        if allowed and name not in allowed:
+            raise Forbidden(f"bucket {name!r} is not in the allow-list of this service")
+        return name
+
+    def _options(self, scale: float | None, codec: str | None, quality: int | None) -> tuple[float, str, int]:
+        scale = float(self.settings.default_scale if scale is None else scale)
+        if scale not in (1.0, 2.0, 3.0, 4.0):
+            raise InvalidInput(f"scale must be 1, 2, 3 or 4, got {scale:g}")
+        codec = (codec or self.settings.stored_codec).lower()
+        if codec not in media.STORED_CODECS:
+            raise InvalidInput(f"codec must be one of {', '.join(media.STORED_CODECS)}, got {codec!r}")
+        quality = self.settings.stored_quality if quality is None else int(quality)
+        if not 1 <= quality <= 100:
+            raise InvalidInput(f"quality must be between 1 and 100, got {quality}")
+        return scale, codec, quality
+
+    # ---- store -------------------------------------------------------------------------------------------
+    def store_image(
+        self,
+        data: bytes,
+        *,
+        bucket: str | None,
+        key: str,
+        scale: float | None = None,
+        codec: str | None = None,
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> StoreResult:
+        """Decode ``data``, downscale it by ``scale``, and store it under ``bucket``/``key`` with its record."""
+        start = time.perf_counter()
+        bucket = self.bucket(bucket)
+        key = validate_key(key)
+        scale, codec, quality = self._options(scale, codec, quality)
+        if model is not None:
+            self.engine.resolve(model, max(scale, 1.0))  # unknown model -> 400 now, not at retrieve time
+        decoded = media.decode(data, self.limits)
+        record = decoded.record
+        small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
+        blob = media.encode_stored(small, codec, quality)
+        width, height = _dimensions(small)
+        record.scale = scale
+        record.stored_codec = blob.codec
+        record.stored_quality = quality
+        record.stored_width, record.stored_height = width, height
+        record.stored_bytes = len(blob.data)
+        record.model = model or ""
+        self.store.put(bucket, key, blob.data, metadata=record.to_metadata(), content_type=blob.content_type)
+        result = StoreResult(bucket, key, record, time.perf_counter() - start)
+        log.info(
+            "stored",
+            extra={
+                "bucket": bucket,
+                "key": key,
+                "original_bytes": record.original_bytes,
+                "stored_bytes": record.stored_bytes,
+                "scale": scale,
+                "codec": record.stored_codec,
+            },
+        )
+        return result
+
+    # ---- retrieve ----------------------------------------------------------------------------------------
+    def record(self, bucket: str | None, key: str) -> media.ImageRecord:
+        info = self.store.head(self.bucket(bucket), validate_key(key))
+        return media.ImageRecord.from_metadata(info.metadata)
+
+    def retrieve_image(
+        self,
+        *,
+        bucket: str | None,
+        key: str,
+        format: str | None = None,
+        quality: int | None = None,
+        scale: float | None = None,
+        model: str | None = None,
+        endpoint: str | None = None,
+    ) -> RetrieveResult:
+        """Read ``bucket``/``key`` and upscale it to the original size (or the stored size times ``scale``),
+        in the original format (or ``format``)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        obj = self.store.get(self.bucket(bucket), validate_key(key))
+        record = media.ImageRecord.from_metadata(obj.metadata)
+        small = media.decode_stored(obj.data)
+        timings["read"] = time.perf_counter() - t0
+        size = (record.width, record.height)
+        if scale is not None:
+            if not 1.0 <= float(scale) <= 16.0:
+                raise InvalidInput(f"scale must be between 1 and 16, got {scale}")
+            size = (round(record.stored_width * float(scale)), round(record.stored_height * float(scale)))
+        t1 = time.perf_counter()
+        if size == _dimensions(small):
+            big = small
+        else:
+            big = self.provider.upscale(small, size=size, model=model or record.model or None, endpoint=endpoint)
+        timings["upscale"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        data, content_type = media.encode_restored(big, record, format=format, quality=quality)
+        timings["encode"] = time.perf_counter() - t2
+        return RetrieveResult(data, content_type, record, size[0], size[1], timings)
+
+    def upscale_bytes(
+        self, data: bytes, *, scale: float, model: str | None = None, format: str | None = None
+    ) -> tuple[bytes, str, tuple[int, int]]:
+        """Upscale an image given as bytes, without storing it (the /v1/upscale route)."""
+        decoded = media.decode(data, self.limits)
+        width, height = _dimensions(decoded.pixels)
+        size = (round(width * scale), round(height * scale))
+        big = self.provider.upscale(decoded.pixels, size=size, model=model)
+        out, content_type = media.encode_restored(big, decoded.record, format=format)
+        return out, content_type, size
+
+    def delete_image(self, *, bucket: str | None, key: str) -> bool:
+        return self.store.delete(self.bucket(bucket), validate_key(key))
+
+
+def _dimensions(pixels: object) -> tuple[int, int]:
+    from upscaler.engine.pixels import dimensions
+
+    return dimensions(pixels)  # type: ignore[arg-type]
