@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.responses import error
 from upscaler.errors import Busy, Unavailable, UpscalerError
 
 log = logging.getLogger("api")
+
+#: A refused body is read and discarded up to this many bytes, so the client can finish sending and read the 413
+#: (closing mid-upload makes clients report a broken connection instead). Larger bodies get the connection closed.
+DRAIN_CAP = 256 * 1024 * 1024
+
+
+def _drain(cap: int) -> None:
+    length = request.content_length
+    if length is None or length > cap:
+        return
+    stream = request.environ.get("wsgi.input")
+    remaining = length
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def register(app: Flask) -> None:
@@ -26,7 +43,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("MAX_CONTENT_LENGTH")
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        _drain(max(4 * limit, DRAIN_CAP))
         return error(f"request body is over the limit of {limit} bytes", 413, "too_large")
 
     @app.errorhandler(HTTPException)
