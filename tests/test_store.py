@@ -183,20 +183,24 @@ def test_s3_unreachable_is_unavailable(monkeypatch) -> None:
     assert time.monotonic() - start < 10
 
 
-def test_s3_access_denied_maps_to_forbidden(moto_endpoint) -> None:
-    s3 = S3Store(endpoint_url=moto_endpoint)
-    s3.client.create_bucket(Bucket="bucket-p")
-    policy = (
-        '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:*",'
-        '"Resource":["arn:aws:s3:::bucket-p","arn:aws:s3:::bucket-p/*"]}]}'
-    )
-    s3.client.put_bucket_policy(Bucket="bucket-p", Policy=policy)
-    try:
-        s3.put("bucket-p", "a.png", b"x", metadata={}, content_type="image/png")
-    except Forbidden:
-        pass  # moto enforces the policy: mapped to 403
-    else:
-        assert s3.get("bucket-p", "a.png").data == b"x"  # moto without policy enforcement: still consistent
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("AccessDenied", 403, Forbidden),
+        ("NoSuchKey", 404, NotFound),
+        ("NoSuchBucket", 404, NotFound),
+        ("SlowDown", 503, Unavailable),
+        ("InternalError", 500, Unavailable),
+    ],
+)
+def test_s3_error_mapping(code: str, status: int, expected: type) -> None:
+    from botocore.exceptions import ClientError
+
+    def fail() -> None:
+        raise ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    with pytest.raises(expected):
+        S3Store()._call("get", "bucket-a", "k", fail)
 
 
 # ---- local atomicity -----------------------------------------------------------------------------------------------
