@@ -438,6 +438,8 @@ def _to_mode(img: Image.Image, record: ImageRecord, fmt: str) -> Image.Image:
         return _i16_to_l(img)
     if fmt == "BMP" and img.mode in ("LA",):
         return img.convert("RGBA")
+    if mode in ("L", "LA", "RGB", "RGBA") and img.mode != mode and img.mode in ("L", "LA", "RGB", "RGBA"):
+        return img.convert(mode)  # e.g. grey+alpha comes back from AVIF/WebP as RGBA
     return img
 
 
