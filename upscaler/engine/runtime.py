@@ -28,6 +28,11 @@ def gpu_count() -> int:
     global _gpu_count
     with _gpu_lock:
         if _gpu_count is None:
+            import ctypes.util
+
+            if ctypes.util.find_library("vulkan") is None:
+                _gpu_count = 0  # no loader: skip ncnn's probe and the warnings it prints to stderr
+                return _gpu_count
             try:
                 import ncnn
 
