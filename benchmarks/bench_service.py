@@ -70,7 +70,8 @@ def main() -> None:
         small = media.decode_stored(stored.read_bytes())
         engine.warmup("span")
         session = requests.Session()
-        session.verify = False
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would override the session's CA below
+        session.verify = str(Path(work) / "data/tls/cert.pem")  # the self-signed certificate serve made
 
         def legacy() -> None:
             r = session.get(url + "/retrieve", params={"s3_key": "one.jpg", "s3_bucket": "bench"}, timeout=120)
