@@ -11,7 +11,6 @@ import time
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from upscaler.store.factory import open_store
 
 from api import errors, legacy, metrics, v1
 from api.openapi import spec
@@ -21,6 +20,7 @@ from upscaler.engine import Engine
 from upscaler.errors import Unavailable, UpscalerError
 from upscaler.providers import open_provider
 from upscaler.service import S3CommonUpscaler
+from upscaler.store.factory import open_store
 
 log = logging.getLogger("api")
 

@@ -24,5 +24,5 @@ def _ruff() -> list[str]:
 
 @pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
 def test_ruff(args: list[str]) -> None:
-    result = subprocess.run([*_ruff(), *args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([*_ruff(), *args, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
