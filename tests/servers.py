@@ -97,3 +97,39 @@ AWS_TEST_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+MODEL_SERVER = Path(sys.executable).with_name("upscaler-model-server")
+
+
+@contextlib.contextmanager
+def model_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start the SageMaker model server (`upscaler-model-server`, gunicorn) on loopback; yield its URL."""
+    port = free_port()
+    full_env = {**os.environ, "UPSCALER_NCNN_THREADS": "2", **(env or {})}
+    log = open(workdir / "model-server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(MODEL_SERVER), "serve", "--bind", f"127.0.0.1:{port}"],
+        cwd=workdir,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/ping", proc=proc)
+        yield url
+    except BaseException:
+        log.flush()
+        sys.stderr.write((workdir / "model-server.log").read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -74,6 +74,18 @@ class Settings:
     upscaler: str = "local"
     #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
     allowed_endpoints: tuple[str, ...] = ()
+    #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
+    sagemaker_dialect: str = "byoc"
+    #: SageMaker runtime endpoint URL override (a local model server in development and tests).
+    sagemaker_endpoint_url: str = ""
+    #: Largest InvokeEndpoint body, request or response (SageMaker real-time: 6 MiB); larger images go in tiles.
+    sagemaker_max_payload: int = 6 * 1024 * 1024
+    #: Tiles in flight per image against an endpoint.
+    sagemaker_concurrency: int = 4
+    #: Seconds one upscale may take through SageMaker, retries included.
+    sagemaker_deadline: float = 120.0
+    #: Input tile side for the JumpStart SD x4 dialect (the diffusion model runs out of GPU memory on large inputs).
+    sagemaker_sd_tile: int = 128
 
     # --- HTTP limits ----------------------------------------------------------------------------------------
     #: Largest request body, in bytes (a base64 image is 4/3 of its file size).

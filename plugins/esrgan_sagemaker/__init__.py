@@ -1,0 +1,1 @@
+"""SageMaker bring-your-own-container model server around the project's engine."""
