@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="endpoint name (also the prefix of model and config names)")
     parser.add_argument("--image-uri", required=True, help="ECR image of plugins/esrgan_sagemaker/Dockerfile")
     parser.add_argument("--role-arn", required=True, help="execution role SageMaker assumes (ECR pull, S3 read)")
-    parser.add_argument("--instance-type", default="ml.g4dn.xlarge", help="e.g. ml.g4dn.xlarge (GPU, default), ml.c5.2xlarge (CPU)")
+    parser.add_argument(
+        "--instance-type", default="ml.g4dn.xlarge", help="e.g. ml.g4dn.xlarge (GPU, default), ml.c5.2xlarge (CPU)"
+    )
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--variant", default="AllTraffic", help="production variant name")
     parser.add_argument("--model-data", help="s3:// model.tar.gz with <model>.param/.bin files (optional)")
