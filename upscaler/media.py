@@ -466,7 +466,12 @@ def _to_palette(img: Image.Image, record: ImageRecord) -> Image.Image:
 
 
 def encode_restored(
-    pixels: ImageLike, record: ImageRecord, *, format: str | None = None, quality: int | None = None
+    pixels: ImageLike,
+    record: ImageRecord,
+    *,
+    format: str | None = None,
+    quality: int | None = None,
+    png_compress_level: int = 6,
 ) -> tuple[bytes, str]:
     """Encode the upscaled image like the original (format, mode, ICC, EXIF, DPI, JPEG quality and subsampling),
     or as ``format`` when the caller asks for another. Returns (bytes, content type)."""
@@ -500,7 +505,7 @@ def encode_restored(
     elif fmt == "AVIF":
         params["quality"] = quality or 85
     elif fmt == "PNG":
-        params["compress_level"] = 6
+        params["compress_level"] = png_compress_level
         if img.mode == "P" and "transparency" in img.info:
             params["transparency"] = img.info["transparency"]
     elif fmt == "GIF":

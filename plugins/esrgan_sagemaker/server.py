@@ -134,7 +134,10 @@ def create_app(settings: Settings | None = None, *, model_dir: str | None = None
         tile = _int(attrs, "tile", 32, 4096)
         big = engine.upscale(decoded.pixels, model=attrs.get("model") or None, size=size, tile=tile)
         fmt = media.normalize_format(attrs.get("format") or IMAGE_TYPES.get(accept) or "PNG")
-        return media.encode_restored(big, decoded.record, format=fmt, quality=95 if fmt == "JPEG" else None)
+        # PNG level 1: the answer is consumed at once by a client, so encoding time matters more than bytes
+        return media.encode_restored(
+            big, decoded.record, format=fmt, quality=95 if fmt == "JPEG" else None, png_compress_level=1
+        )
 
     def _json_dialect(body: bytes, attrs: dict[str, str]) -> Response:
         try:
