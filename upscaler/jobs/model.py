@@ -1,0 +1,101 @@
+"""Video jobs: the record a job store keeps, its states and the transitions allowed between them.
+
+Submitted -> Processing -> Completed | Failed (with a reason) | Cancelled. Processing may go back to Submitted when
+a worker gives a job up (SIGTERM, lost lease) so another picks it up; a finished job never changes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from upscaler.errors import InvalidInput
+
+SUBMITTED, PROCESSING, COMPLETED, FAILED, CANCELLED = "Submitted", "Processing", "Completed", "Failed", "Cancelled"
+STATES = (SUBMITTED, PROCESSING, COMPLETED, FAILED, CANCELLED)
+FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    SUBMITTED: frozenset({PROCESSING, CANCELLED, FAILED}),
+    PROCESSING: frozenset({PROCESSING, SUBMITTED, COMPLETED, FAILED, CANCELLED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+METHODS = ("downscale", "upscale")
+
+
+@dataclass
+class Job:
+    """One video job. ``video`` and ``output`` are ``s3://bucket/key`` URLs, as in the original's messages."""
+
+    method: str
+    video: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: str = SUBMITTED
+    output: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    max_workers: int = 4
+    frames_done: int = 0
+    frames_total: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.status not in STATES:
+            raise InvalidInput(f"unknown job status {self.status!r}")
+
+    @property
+    def progress(self) -> float | None:
+        if not self.frames_total:
+            return None
+        return min(1.0, self.frames_done / self.frames_total)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def message(self) -> dict[str, Any]:
+        """The queue message, in the original's shape (``id, video, endpoint, min_size, max_size, max_workers,
+        method``) plus ``model``."""
+        return {
+            "id": self.id,
+            "video": self.video,
+            "endpoint": self.endpoint,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "max_workers": self.max_workers,
+            "method": self.method,
+            "model": self.model,
+        }
+
+    def legacy_status(self) -> dict[str, Any]:
+        """``/getVideoStatus``'s object (the route sends it as a JSON string, like the original)."""
+        out: dict[str, Any] = {"output": self.output if self.status == COMPLETED else None, "status": self.status}
+        if self.status == FAILED:
+            out["error"] = self.error
+        out["frames_done"], out["frames_total"] = self.frames_done, self.frames_total
+        out["progress"] = self.progress
+        return out
+
+
+def check_transition(current: str, new: str) -> None:
+    if new not in TRANSITIONS[current]:
+        from upscaler.errors import Conflict
+
+        raise Conflict(f"job is {current}; it cannot become {new}")

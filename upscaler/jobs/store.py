@@ -1,0 +1,224 @@
+"""Job stores: SQLite for one machine (durable across restarts), DynamoDB at scale.
+
+Every state change is a conditional write (the row changes only if it is still in a state the change is allowed
+from), so two workers handling the same message cannot both finish a job, and a cancelled job stays cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from upscaler.errors import Conflict, NotFound, Unavailable
+from upscaler.jobs.model import FINAL, TRANSITIONS, Job
+
+
+class JobStore(ABC):
+    @abstractmethod
+    def create(self, job: Job) -> Job:
+        """Insert a new job; :class:`Conflict` if its id exists."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job; :class:`NotFound` if there is none."""
+
+    @abstractmethod
+    def transition(self, job_id: str, new_status: str, **fields: Any) -> Job:
+        """Move the job to ``new_status`` (and set ``fields``) if the move is allowed from its current state,
+        atomically; :class:`Conflict` otherwise."""
+
+    @abstractmethod
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set progress fields of a job that is not finished (ignored once it is)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`Unavailable` when the store cannot be used."""
+
+
+class SqliteJobStore(JobStore):
+    """One SQLite file (WAL mode), shared by the API and local workers, even across processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                "body TEXT NOT NULL, updated_at REAL NOT NULL)"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def create(self, job: Job) -> Job:
+        try:
+            self._conn().execute(
+                "INSERT INTO jobs (id, status, body, updated_at) VALUES (?, ?, ?, ?)",
+                (job.id, job.status, json.dumps(job.to_dict()), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"job {job.id} exists") from None
+        return job
+
+    def get(self, job_id: str) -> Job:
+        row = self._conn().execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return Job.from_dict(json.loads(row[0]))
+
+    def transition(self, job_id: str, new_status: str, **fields: Any) -> Job:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            job = self.get(job_id)
+            if new_status not in TRANSITIONS[job.status]:
+                raise Conflict(f"job {job_id} is {job.status}; it cannot become {new_status}")
+            data = {**job.to_dict(), **fields, "status": new_status, "updated_at": time.time()}
+            job = Job.from_dict(data)
+            conn.execute(
+                "UPDATE jobs SET status = ?, body = ?, updated_at = ? WHERE id = ?",
+                (job.status, json.dumps(job.to_dict()), job.updated_at, job_id),
+            )
+            conn.execute("COMMIT")
+            return job
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            job = self.get(job_id)
+            if job.status not in FINAL:
+                data = {**job.to_dict(), **fields, "updated_at": time.time()}
+                conn.execute(
+                    "UPDATE jobs SET body = ?, updated_at = ? WHERE id = ?",
+                    (json.dumps(data), data["updated_at"], job_id),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"job store {self.path} unusable: {exc}") from None
+
+
+class DynamoJobStore(JobStore):
+    """A DynamoDB table keyed by ``id`` (string). Attributes mirror :class:`Job`; transitions use
+    ``ConditionExpression`` on ``status``."""
+
+    def __init__(self, table: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
+        self.table = table
+        self.endpoint_url = endpoint_url
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    self._client = boto3.client(
+                        "dynamodb",
+                        endpoint_url=self.endpoint_url,
+                        config=Config(retries={"total_max_attempts": 6, "mode": "standard"}),
+                    )
+        return self._client
+
+    @staticmethod
+    def _item(job: Job) -> dict[str, Any]:
+        return {"id": {"S": job.id}, "status": {"S": job.status}, "body": {"S": json.dumps(job.to_dict())}}
+
+    def _call(self, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ConditionalCheckFailedException":
+                raise Conflict("job changed state meanwhile") from None
+            if code == "ResourceNotFoundException":
+                raise Unavailable(f"DynamoDB table {self.table!r} not found") from None
+            raise Unavailable(f"DynamoDB failed: {code}", retry_after=1) from None
+        except BotoCoreError as exc:
+            raise Unavailable(f"DynamoDB failed: {type(exc).__name__}", retry_after=1) from None
+
+    def create(self, job: Job) -> Job:
+        try:
+            self._call(
+                self.client.put_item,
+                TableName=self.table,
+                Item=self._item(job),
+                ConditionExpression="attribute_not_exists(id)",
+            )
+        except Conflict:
+            raise Conflict(f"job {job.id} exists") from None
+        return job
+
+    def get(self, job_id: str) -> Job:
+        resp = self._call(self.client.get_item, TableName=self.table, Key={"id": {"S": job_id}}, ConsistentRead=True)
+        if "Item" not in resp:
+            raise NotFound(f"no job {job_id!r}")
+        return Job.from_dict(json.loads(resp["Item"]["body"]["S"]))
+
+    def transition(self, job_id: str, new_status: str, **fields: Any) -> Job:
+        for _ in range(8):  # optimistic concurrency: retry when only progress fields changed under us
+            job = self.get(job_id)
+            if new_status not in TRANSITIONS[job.status]:
+                raise Conflict(f"job {job_id} is {job.status}; it cannot become {new_status}")
+            new = Job.from_dict({**job.to_dict(), **fields, "status": new_status, "updated_at": time.time()})
+            try:
+                self._call(
+                    self.client.put_item,
+                    TableName=self.table,
+                    Item=self._item(new),
+                    ConditionExpression="#s = :s AND #b = :b",
+                    ExpressionAttributeNames={"#s": "status", "#b": "body"},
+                    ExpressionAttributeValues={":s": {"S": job.status}, ":b": {"S": json.dumps(job.to_dict())}},
+                )
+                return new
+            except Conflict:
+                continue
+        raise Unavailable(f"job {job_id} keeps changing; transition to {new_status} not applied", retry_after=1)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        job = self.get(job_id)
+        if job.status in FINAL:
+            return
+        new = Job.from_dict({**job.to_dict(), **fields, "updated_at": time.time()})
+        try:
+            self._call(
+                self.client.put_item,
+                TableName=self.table,
+                Item=self._item(new),
+                ConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":s": {"S": job.status}},
+            )
+        except Conflict:
+            return  # the job finished or was cancelled meanwhile: progress no longer matters
+
+    def ping(self) -> None:
+        self._call(self.client.describe_table, TableName=self.table)
