@@ -20,7 +20,7 @@ RESERVED = ".upscaler-"
 #: Longest content type accepted (it travels as an HTTP header and in metadata records).
 MAX_CONTENT_TYPE = 255
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 
@@ -69,7 +69,7 @@ def validate_bucket(bucket: object) -> str:
     3 to 63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit,
     no ``..`` (nor ``.-`` / ``-.``), not an IP address, and none of the prefixes and suffixes S3 reserves.
     """
-    if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
         raise InvalidInput(
             "bucket must be 3-63 characters of lowercase letters, digits, dots and hyphens, "
             "starting and ending with a letter or digit"

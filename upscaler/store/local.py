@@ -455,7 +455,7 @@ class LocalFolderStore(ObjectStore):
                 if RESERVED in entry.name:
                     continue
                 name = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):  # never into a symlinked folder: no loops
                     if name.startswith(prefix) or prefix.startswith(name + "/"):
                         stack.append((Path(entry.path), name))
                 elif entry.is_file() and name.startswith(prefix):
