@@ -19,7 +19,9 @@ from upscaler.service import S3CommonUpscaler
 log = logging.getLogger("api.legacy")
 bp = Blueprint(LEGACY_BLUEPRINT, __name__)
 
-#: upscaleMethod values of the original clients -> model hint recorded with the image (None = configured default).
+#: upscaleMethod values of the original clients. Neither changes how an image is stored; at retrieval the
+#: ``endpoint`` decides: endpoints listed in UPSCALER_SAGEMAKER_JUMPSTART_ENDPOINTS (stableDiffusionJT) are called
+#: in JumpStart's dialect, others as our container (sageMakerRT).
 UPSCALE_METHODS = {"sagemakerrt": None, "stablediffusionjt": None}
 
 

@@ -133,6 +133,21 @@ def test_json_dialect_like_jumpstart(endpoint_url: str) -> None:
         dialect="jumpstart-sd-x4",
     )
     assert sd.upscale(_photo(), size=(384, 256)).size == (384, 256)
+    # per endpoint: a JumpStart endpoint in the list is spoken to in its dialect, others as our container
+    mixed = SagemakerRTUpscaleProvider(
+        Settings.from_env(
+            {},
+            sagemaker_endpoint_url=endpoint_url,
+            sagemaker_jumpstart_endpoints=("sd-x4",),
+            allowed_endpoints=("sd-x4",),
+            sagemaker_sd_tile=48,
+        ),
+        "upscaler-span",
+    )
+    assert mixed.dialect_for("sd-x4") == "jumpstart-sd-x4" and mixed.dialect_for("upscaler-span") == "byoc"
+    calls = mixed.calls
+    assert mixed.upscale(_photo(), size=(384, 256), endpoint="sd-x4").size == (384, 256)
+    assert mixed.calls - calls > 1  # tiled at 48 px, as the JumpStart dialect does
 
 
 def test_bad_payloads_are_4xx(endpoint_url: str) -> None:

@@ -76,6 +76,8 @@ class Settings:
     allowed_endpoints: tuple[str, ...] = ()
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
     sagemaker_dialect: str = "byoc"
+    #: Endpoints that are JumpStart Stable Diffusion x4 upscalers (spoken to in that dialect whatever the default).
+    sagemaker_jumpstart_endpoints: tuple[str, ...] = ()
     #: SageMaker runtime endpoint URL override (a local model server in development and tests).
     sagemaker_endpoint_url: str = ""
     #: Largest InvokeEndpoint body, request or response (SageMaker real-time: 6 MiB); larger images go in tiles.

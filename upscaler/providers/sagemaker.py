@@ -78,6 +78,11 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
                     )
         return self._client
 
+    def dialect_for(self, endpoint: str) -> str:
+        """JumpStart's SD x4 for endpoints listed in ``UPSCALER_SAGEMAKER_JUMPSTART_ENDPOINTS``, else the default
+        dialect; so one service can serve ``upscaleMethod=stableDiffusionJT`` clients and our container."""
+        return "jumpstart-sd-x4" if endpoint in self.settings.sagemaker_jumpstart_endpoints else self.dialect
+
     def resolve_endpoint(self, endpoint: str | None) -> str:
         name = endpoint or self.endpoint
         if not name:
@@ -94,7 +99,8 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
         name = self.resolve_endpoint(endpoint)
         deadline = time.monotonic() + self.settings.sagemaker_deadline
         width, height = pixels.dimensions(image)
-        if self.dialect == "byoc":
+        dialect = self.dialect_for(name)
+        if dialect == "byoc":
             whole = self._encode_png(image)
             if (
                 len(whole) <= self.settings.sagemaker_max_payload
@@ -109,13 +115,13 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
             scale, tile = 4, self.settings.sagemaker_sd_tile
         planes = pixels.to_planes(image)
         stacked = planes.color if planes.alpha is None else np.dstack([planes.color, planes.alpha])
-        if self.dialect == "jumpstart-sd-x4" and stacked.shape[2] != 3:
+        if dialect == "jumpstart-sd-x4" and stacked.shape[2] != 3:
             stacked = stacked[:, :, :3] if stacked.shape[2] == 4 else np.repeat(stacked, 3, axis=2)
             if planes.alpha is not None:
                 log.info("JumpStart SD x4 has no alpha channel: alpha upscaled with bicubic")
 
         def remote(part: np.ndarray) -> np.ndarray:
-            return self._tile(name, part, scale, model, deadline)
+            return self._tile(name, dialect, part, scale, model, deadline)
 
         up = tiling.apply(
             stacked,
@@ -134,7 +140,7 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
                 if up.shape[2] == planes.color.shape[2] + 1
                 else pixels.resize(planes.alpha, size, Image.Resampling.BICUBIC)
             )
-        if self.dialect == "jumpstart-sd-x4" and planes.color.shape[2] == 1:
+        if dialect == "jumpstart-sd-x4" and planes.color.shape[2] == 1:
             color = up.mean(axis=2, keepdims=True)
         return pixels.from_planes(planes, np.ascontiguousarray(color), alpha)
 
@@ -161,11 +167,13 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
         img.save(buf, "PNG", compress_level=1)
         return buf.getvalue()
 
-    def _tile(self, name: str, part: np.ndarray, scale: int, model: str | None, deadline: float) -> np.ndarray:
+    def _tile(
+        self, name: str, dialect: str, part: np.ndarray, scale: int, model: str | None, deadline: float
+    ) -> np.ndarray:
         h, w, c = part.shape
         arr = np.rint(np.clip(part, 0, 1) * 255).astype(np.uint8)
         img = Image.fromarray(arr if c != 1 else arr[:, :, 0])
-        if self.dialect == "byoc":
+        if dialect == "byoc":
             body = self._encode_png(img)
             attrs = f"width={w * scale},height={h * scale}" + (f",model={model}" if model else "")
             out = Image.open(io.BytesIO(self._invoke(name, body, "image/png", "image/png", attrs, deadline)))
