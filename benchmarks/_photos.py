@@ -43,6 +43,19 @@ def photos(
         yield name, img.crop((0, 0, img.width // 4 * 4, img.height // 4 * 4))
 
 
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     """A plain aligned text table."""
     cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _photos import photos, table
+from _photos import median_time, photos, table
 from PIL import Image
 
 from tests.servers import AWS_TEST_ENV, model_server
@@ -31,15 +29,6 @@ from upscaler.config import Settings
 from upscaler.engine import Engine
 from upscaler.providers import LocalUpscaleProvider
 from upscaler.providers.sagemaker import SagemakerRTUpscaleProvider
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,8 +44,8 @@ def main() -> None:
         remote = SagemakerRTUpscaleProvider(Settings.from_env({}, sagemaker_endpoint_url=url), "bench")
         local.upscale(small, size=(1000, 1000))
         remote.upscale(small, size=(1000, 1000), model="span")
-        t_local = _median(lambda: local.upscale(small, size=(1000, 1000)), args.repeats)
-        t_remote = _median(lambda: remote.upscale(small, size=(1000, 1000), model="span"), args.repeats)
+        t_local = median_time(lambda: local.upscale(small, size=(1000, 1000)), args.repeats)
+        t_remote = median_time(lambda: remote.upscale(small, size=(1000, 1000), model="span"), args.repeats)
         print("\nTable 1. One upscale, 250x250 -> 1000x1000 (span-x4), median of", args.repeats)
         print(
             table(
@@ -76,11 +65,11 @@ def main() -> None:
             provider = SagemakerRTUpscaleProvider(settings, "bench")
             provider.upscale(big_in, size=(1600, 1600), model="span")
             calls_before = provider.calls
-            t = _median(lambda p=provider: p.upscale(big_in, size=(1600, 1600), model="span"), args.repeats)
+            t = median_time(lambda p=provider: p.upscale(big_in, size=(1600, 1600), model="span"), args.repeats)
             tiles = (provider.calls - calls_before) // args.repeats
             base = base or t
             rows.append([workers, tiles, t, base / t])
-        t_local_big = _median(lambda: local.upscale(big_in, size=(1600, 1600)), args.repeats)
+        t_local_big = median_time(lambda: local.upscale(big_in, size=(1600, 1600)), args.repeats)
         rows.append(["local, untiled", "-", t_local_big, base / t_local_big])
         print("\nTable 2. Tiled through SageMaker, 400x400 -> 1600x1600 (span-x4), payload cap 400 kB")
         print(table(["tiles in flight", "tiles", "seconds", "speed-up vs 1"], rows))

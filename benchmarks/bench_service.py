@@ -16,7 +16,6 @@ import io
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
@@ -24,7 +23,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _photos import photos, table
+from _photos import median_time, photos, table
 from PIL import Image
 
 from tests.servers import api_server
@@ -37,15 +36,6 @@ def _encode(img: Image.Image, fmt: str, **params: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **params)
     return buf.getvalue()
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -82,10 +72,10 @@ def main() -> None:
             assert r.status_code == 200
 
         legacy()  # warm the server's model
-        t_engine = _median_time(lambda: engine.upscale(small, model="span", size=(1000, 1000)), args.repeats)
-        t_legacy = _median_time(legacy, args.repeats)
-        t_v1 = _median_time(v1, args.repeats)
-        t_engine2 = _median_time(lambda: engine.upscale(small, model="span", size=(1000, 1000)), args.repeats)
+        t_engine = median_time(lambda: engine.upscale(small, model="span", size=(1000, 1000)), args.repeats)
+        t_legacy = median_time(legacy, args.repeats)
+        t_v1 = median_time(v1, args.repeats)
+        t_engine2 = median_time(lambda: engine.upscale(small, model="span", size=(1000, 1000)), args.repeats)
         t_engine = min(t_engine, t_engine2)
         rows = [
             ["engine.upscale (in process)", f"{small.width}x{small.height} -> 1000x1000", t_engine, 1.0],

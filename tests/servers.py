@@ -45,26 +45,18 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = 
 
 
 @contextlib.contextmanager
-def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start `upscaler serve` (gunicorn, HTTPS with a self-signed certificate) in ``workdir``; yield its URL."""
-    port = free_port()
-    full_env = {**os.environ, "UPSCALER_NCNN_THREADS": "2", "GUNICORN_THREADS": "4", **(env or {})}
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
+def _process(argv: list[str], workdir: Path, env: dict[str, str], ready_url: str, log_name: str) -> Iterator[None]:
+    """Run ``argv`` in its own session until the block ends (SIGTERM, then SIGKILL); wait for ``ready_url``."""
+    log = open(workdir / log_name, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(UPSCALER), "serve", "--port", str(port), *extra_args],
-        cwd=workdir,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        argv, cwd=workdir, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    url = f"https://127.0.0.1:{port}"
     try:
-        wait_ready(url + "/ready", proc=proc)
-        yield url
+        wait_ready(ready_url, proc=proc)
+        yield
     except BaseException:
         log.flush()
-        sys.stderr.write((workdir / "server.log").read_text(errors="replace")[-4000:])
+        sys.stderr.write((workdir / log_name).read_text(errors="replace")[-4000:])
         raise
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -75,6 +67,18 @@ def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tup
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """Start `upscaler serve` (gunicorn, HTTPS with a self-signed certificate) in ``workdir``; yield its URL."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    full_env = {"UPSCALER_NCNN_THREADS": "2", "GUNICORN_THREADS": "4", **(env or {})}
+    with _process(
+        [str(UPSCALER), "serve", "--port", str(port), *extra_args], workdir, full_env, url + "/ready", "server.log"
+    ):
+        yield url
 
 
 @contextlib.contextmanager
@@ -106,30 +110,7 @@ MODEL_SERVER = Path(sys.executable).with_name("upscaler-model-server")
 def model_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start the SageMaker model server (`upscaler-model-server`, gunicorn) on loopback; yield its URL."""
     port = free_port()
-    full_env = {**os.environ, "UPSCALER_NCNN_THREADS": "2", **(env or {})}
-    log = open(workdir / "model-server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(MODEL_SERVER), "serve", "--bind", f"127.0.0.1:{port}"],
-        cwd=workdir,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url + "/ping", proc=proc)
+    argv = [str(MODEL_SERVER), "serve", "--bind", f"127.0.0.1:{port}"]
+    with _process(argv, workdir, {"UPSCALER_NCNN_THREADS": "2", **(env or {})}, url + "/ping", "model-server.log"):
         yield url
-    except BaseException:
-        log.flush()
-        sys.stderr.write((workdir / "model-server.log").read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()

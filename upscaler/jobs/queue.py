@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from upscaler.errors import Unavailable
+from upscaler.jobs.sqlite import SqliteFile
 
 
 @dataclass
@@ -57,10 +58,9 @@ class SqliteQueue(JobQueue):
 
     def __init__(self, path: str | Path, *, max_receives: int = 3, poll_interval: float = 0.2) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = SqliteFile(path)
         self.max_receives = max_receives
         self.poll_interval = poll_interval
-        self._local = threading.local()
         self._conn().execute(
             "CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, body TEXT NOT NULL, visible_at REAL NOT NULL,"
             " receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, dead INTEGER NOT NULL DEFAULT 0,"
@@ -68,13 +68,7 @@ class SqliteQueue(JobQueue):
         )
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
+        return self._db.conn()
 
     def send(self, body: dict[str, Any]) -> str:
         mid = uuid.uuid4().hex

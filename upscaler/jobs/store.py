@@ -16,6 +16,7 @@ from typing import Any
 
 from upscaler.errors import Conflict, NotFound, Unavailable
 from upscaler.jobs.model import FINAL, TRANSITIONS, Job
+from upscaler.jobs.sqlite import SqliteFile
 
 
 class JobStore(ABC):
@@ -46,8 +47,7 @@ class SqliteJobStore(JobStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._db = SqliteFile(path)
         with self._conn() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
@@ -55,13 +55,7 @@ class SqliteJobStore(JobStore):
             )
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
+        return self._db.conn()
 
     def create(self, job: Job) -> Job:
         try:
