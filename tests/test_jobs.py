@@ -169,3 +169,13 @@ def test_job_validation() -> None:
     with pytest.raises(InvalidInput):
         Job(method="sideways", video="s3://b/v.mp4")
     assert Job.from_dict({**Job(method="upscale", video="x").to_dict(), "future": 1}).method == "upscale"
+
+
+def test_bury_moves_a_message_to_the_dead_letters_now(backend) -> None:
+    _, queue = backend
+    queue.send({"id": "hopeless"})
+    msg = queue.receive(wait_seconds=2, visibility=30)
+    assert msg is not None
+    queue.bury(msg)
+    assert queue.receive(wait_seconds=0.5, visibility=30) is None
+    assert {"id": "hopeless"} in queue.dead_letters()

@@ -49,6 +49,10 @@ class JobQueue(ABC):
         """Give the message back now (a worker stopping before it finished)."""
 
     @abstractmethod
+    def bury(self, message: Message) -> None:
+        """Move the message to the dead-letter queue now (a job that can never succeed)."""
+
+    @abstractmethod
     def dead_letters(self) -> list[dict[str, Any]]:
         """Bodies in the dead-letter queue (for operators and tests)."""
 
@@ -133,6 +137,9 @@ class SqliteQueue(JobQueue):
             (time.time(), message.id, message.receipt),
         )
 
+    def bury(self, message: Message) -> None:
+        self._conn().execute("UPDATE messages SET dead = 1 WHERE id = ? AND receipt = ?", (message.id, message.receipt))
+
     def dead_letters(self) -> list[dict[str, Any]]:
         rows = self._conn().execute("SELECT body FROM messages WHERE dead = 1 ORDER BY sent_at").fetchall()
         return [json.loads(r[0]) for r in rows]
@@ -207,6 +214,11 @@ class SqsQueue(JobQueue):
         self._call(
             self.client.change_message_visibility, QueueUrl=self.url, ReceiptHandle=message.receipt, VisibilityTimeout=0
         )
+
+    def bury(self, message: Message) -> None:
+        if self.dlq_url:
+            self._call(self.client.send_message, QueueUrl=self.dlq_url, MessageBody=json.dumps(message.body))
+        self.delete(message)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         if not self.dlq_url:
