@@ -95,8 +95,9 @@ def decode16(data: bytes) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
-def encode16(arr: np.ndarray, ext: str = ".png") -> bytes:
-    """Write a uint16 array (HxW, HxWx2 grey+alpha, HxWx3 RGB, HxWx4 RGBA) as a 16-bit PNG (or ``.tiff``)."""
+def encode16(arr: np.ndarray, ext: str = ".png", level: int = 6) -> bytes:
+    """Write a uint16 array (HxW, HxWx2 grey+alpha, HxWx3 RGB, HxWx4 RGBA) as a 16-bit PNG (zlib ``level``) or
+    ``.tiff``."""
     import cv2
 
     if arr.dtype != np.uint16:
@@ -107,18 +108,20 @@ def encode16(arr: np.ndarray, ext: str = ".png") -> bytes:
         if ext != ".png":
             arr = np.dstack([arr[:, :, :1].repeat(3, axis=2), arr[:, :, 1:]])
         else:
-            return _raw_png16(arr, color_type=4)
+            return _raw_png16(arr, color_type=4, level=level)
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr))
+    params = [cv2.IMWRITE_PNG_COMPRESSION, level] if ext == ".png" else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
     if not ok:
         raise UpscalerError(f"16-bit {ext} encoding failed")
     return buf.tobytes()
 
 
-def _raw_png16(arr: np.ndarray, color_type: int) -> bytes:
+def _raw_png16(arr: np.ndarray, color_type: int, level: int) -> bytes:
     height, width = arr.shape[:2]
     rows = np.ascontiguousarray(arr.astype(">u2")).view(np.uint8).reshape(height, -1)
     filtered = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 on every row
     ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + chunk(b"IEND", b"")
+    idat = zlib.compress(filtered.tobytes(), level)
+    return SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -100,7 +100,7 @@ def encode_restored(
         if fmt == "TIFF":
             return pngio.encode16(arr, ".tiff"), FORMATS[fmt].content_type
         extra = _png_chunks(record, same, target, with_icc_exif=True)
-        return pngio.splice(pngio.encode16(arr), extra), FORMATS[fmt].content_type
+        return pngio.splice(pngio.encode16(arr, level=png_compress_level), extra), FORMATS[fmt].content_type
     source = _as_pil(pixels)
     img, key = _convert(source, target, record, fmt)
     if img.info:  # Pillow's encoders fall back on info (ICC, transparency, comment): only the record counts
