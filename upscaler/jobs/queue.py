@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from upscaler.aws import LazyClient
 from upscaler.errors import Unavailable
 from upscaler.jobs.sqlite import SqliteFile
 
@@ -154,18 +154,11 @@ class SqsQueue(JobQueue):
         self.url = url
         self.dlq_url = dlq_url
         self.endpoint_url = endpoint_url
-        self._client = client
-        self._lock = threading.Lock()
+        self._clients = LazyClient("sqs", endpoint_url=endpoint_url, client=client)
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import boto3
-
-                    self._client = boto3.client("sqs", endpoint_url=self.endpoint_url)
-        return self._client
+        return self._clients.get()
 
     def _call(self, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from upscaler.aws import LazyClient
 from upscaler.errors import Conflict, NotFound, Unavailable
 from upscaler.jobs.model import FINAL, TRANSITIONS, Job
 from upscaler.jobs.sqlite import SqliteFile
@@ -122,23 +122,16 @@ class DynamoJobStore(JobStore):
     def __init__(self, table: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
         self.table = table
         self.endpoint_url = endpoint_url
-        self._client = client
-        self._lock = threading.Lock()
+        self._clients = LazyClient(
+            "dynamodb",
+            endpoint_url=endpoint_url,
+            client=client,
+            config={"retries": {"total_max_attempts": 6, "mode": "standard"}},
+        )
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import boto3
-                    from botocore.config import Config
-
-                    self._client = boto3.client(
-                        "dynamodb",
-                        endpoint_url=self.endpoint_url,
-                        config=Config(retries={"total_max_attempts": 6, "mode": "standard"}),
-                    )
-        return self._client
+        return self._clients.get()
 
     @staticmethod
     def _item(job: Job) -> dict[str, Any]:

@@ -17,13 +17,13 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from upscaler.aws import LazyClient
 from upscaler.config import Settings
 from upscaler.engine import pixels, tiling
 from upscaler.engine.pixels import ImageLike
@@ -54,29 +54,23 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
         self.dialect = (dialect or settings.sagemaker_dialect).lower()
         if self.dialect not in DIALECTS:
             raise ValueError(f"sagemaker dialect must be one of {DIALECTS}, got {self.dialect!r}")
-        self._client = client
-        self._lock = threading.Lock()
+        # retries are ours (deadline-aware); botocore only connects and reads
+        self._clients = LazyClient(
+            "sagemaker-runtime",
+            endpoint_url=settings.sagemaker_endpoint_url or None,
+            client=client,
+            config={
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
+                "connect_timeout": 5,
+                "read_timeout": 65,
+                "max_pool_connections": max(10, 2 * settings.sagemaker_concurrency),
+            },
+        )
         self.calls = 0  # invocations sent, retries included (for logs and benchmarks)
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import boto3
-                    from botocore.config import Config
-
-                    # retries are ours (deadline-aware); botocore only connects and reads
-                    cfg = Config(
-                        retries={"total_max_attempts": 1, "mode": "standard"},
-                        connect_timeout=5,
-                        read_timeout=65,
-                        max_pool_connections=max(10, 2 * self.settings.sagemaker_concurrency),
-                    )
-                    self._client = boto3.client(
-                        "sagemaker-runtime", config=cfg, endpoint_url=self.settings.sagemaker_endpoint_url or None
-                    )
-        return self._client
+        return self._clients.get()
 
     def dialect_for(self, endpoint: str) -> str:
         """JumpStart's SD x4 for endpoints listed in ``UPSCALER_SAGEMAKER_JUMPSTART_ENDPOINTS``, else the default

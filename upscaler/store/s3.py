@@ -27,14 +27,12 @@ import itertools
 import json
 import os
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -49,6 +47,7 @@ from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
+from upscaler.aws import LazyClient
 from upscaler.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, Unavailable, UpscalerError
 from upscaler.store.base import ObjectInfo, ObjectStore, StoredObject, canonical_metadata, version_etag
 from upscaler.store.keys import (
@@ -154,20 +153,12 @@ class S3Store(ObjectStore):
             multipart_chunksize=multipart_chunksize,
             max_request_concurrency=max_concurrency,
         )
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._clients = LazyClient("s3", endpoint_url=self.endpoint_url, config=self._config)
 
     @property
     def client(self) -> Any:
         """The boto3 S3 client, created on first use and shared by every thread."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    try:
-                        self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=self._config)
-                    except (BotoCoreError, ValueError) as exc:
-                        raise Unavailable(f"cannot create the S3 client: {exc}") from None
-        return self._client
+        return self._clients.get()
 
     # ---- names -------------------------------------------------------------------------------------------
     def _full(self, key: str) -> str:
