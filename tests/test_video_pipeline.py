@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,24 +11,46 @@ import numpy as np
 import pytest
 
 from upscaler.engine import Engine
-from video_upscaler.pipeline import probe, transcode
+from video_upscaler.pipeline import Interrupted, probe, transcode
+
+ASS_HEADER = (
+    b"[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize\nStyle: Default,Arial,16\n\n"
+    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+)
 
 
 def make_clip(
-    path: Path, *, frames: int = 24, size: tuple[int, int] = (64, 48), rate: int = 12, static_after: int | None = None
+    path: Path,
+    *,
+    frames: int = 24,
+    size: tuple[int, int] = (64, 48),
+    rate: int = 12,
+    static_after: int | None = None,
+    vfr: bool = False,
+    subtitles: tuple[str, ...] = (),
 ) -> None:
-    """An H.264 clip with a moving pattern and one second of AAC audio."""
+    """An H.264 clip with a moving pattern, one second of AAC audio and, optionally, mov_text subtitle cues (one a
+    second) and a variable frame rate (frame gaps of 1, 2 and 3 ticks of ``1/rate``)."""
     width, height = size
     with av.open(str(path), "w", format="mp4") as out:
         v = out.add_stream("libx264", rate=rate)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.codec_context.time_base = Fraction(1, rate)
         a = out.add_stream("aac", rate=16000)
         a.layout = "mono"
+        s = None
+        if subtitles:
+            s = out.add_stream("mov_text")
+            s.codec_context.subtitle_header = ASS_HEADER
+            s.time_base = Fraction(1, 1000)
         y, x = np.mgrid[0:height, 0:width]
+        pts = 0
         for i in range(frames):
             t = min(i, static_after) if static_after is not None else i
             rgb = np.stack([(x * 4 + t * 8) % 256, (y * 5) % 256, ((x + y + t * 3) * 2) % 256], axis=2)
             frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, rate)
+            pts += 1 + (i % 3 if vfr else 0)
             for packet in v.encode(frame):
                 out.mux(packet)
         for packet in v.encode(None):
@@ -41,6 +64,20 @@ def make_clip(
                 out.mux(packet)
         for packet in a.encode(None):
             out.mux(packet)
+        for i, text in enumerate(subtitles):
+            cue = text.encode()
+            packet = av.Packet(len(cue).to_bytes(2, "big") + cue)
+            packet.stream, packet.time_base = s, Fraction(1, 1000)
+            packet.pts = packet.dts = i * 1000
+            packet.duration = 800
+            out.mux(packet)
+
+
+def cues(path: Path) -> list[tuple[float, bytes]]:
+    """The subtitle cues with text (time in seconds, bytes)."""
+    with av.open(str(path)) as c:
+        stream = next(s for s in c.streams if s.type == "subtitle")
+        return [(float(p.pts * p.time_base), bytes(p)) for p in c.demux(stream) if p.size > 2]
 
 
 def packets(path: Path, kind: str) -> list[bytes]:
@@ -112,3 +149,83 @@ def test_bad_videos(tmp_path: Path) -> None:
         transcode(bad, tmp_path / "o.mp4", lambda x: x, size=(8, 8))
     with pytest.raises(UpscalerError):
         probe(bad)
+
+
+class FolderCheckpoints:
+    """Checkpoints in a folder (the worker keeps them in the object store)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+
+    def saved(self) -> list[int]:
+        counts = []
+        while (self.folder / f"{len(counts)}.mp4").exists():
+            counts.append(int((self.folder / f"{len(counts)}.frames").read_text()))
+        return counts
+
+    def save(self, index: int, path: Path, frames: int) -> None:
+        (self.folder / f"{index}.frames").write_text(str(frames))
+        shutil.copyfile(path, self.folder / f"{index}.mp4")
+
+    def load(self, index: int, path: Path) -> None:
+        shutil.copyfile(self.folder / f"{index}.mp4", path)
+
+
+def double(rgb: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
+
+
+def test_segments_keep_variable_frame_rate_timestamps_and_subtitles(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, frames=30, vfr=True, subtitles=("one", "two", "three"))
+    report = transcode(src, dst, double, size=(128, 96), segment_frames=7)
+    assert report.segments == 5 and report.frames == 30 and report.dropped_streams == []
+    assert video_info(dst)[1] == video_info(src)[1]  # irregular gaps kept exactly, across segment joins
+    assert packets(dst, "audio") == packets(src, "audio")
+    assert cues(dst) == cues(src) == [(0.0, b"\x00\x03one"), (1.0, b"\x00\x03two"), (2.0, b"\x00\x05three")]
+
+
+def test_a_crashed_run_resumes_from_its_checkpoints_with_identical_output(tmp_path: Path) -> None:
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=40)
+    transcode(src, tmp_path / "whole.mp4", double, size=(128, 96), segment_frames=8)
+    checkpoints = FolderCheckpoints(tmp_path / "cp")
+    calls = []
+
+    def crashing(rgb: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) > 21:
+            raise RuntimeError("the worker died")
+        return double(rgb)
+
+    with pytest.raises(RuntimeError):
+        transcode(src, tmp_path / "a.mp4", crashing, size=(128, 96), segment_frames=8, checkpoints=checkpoints)
+    assert checkpoints.saved() == [8, 8]
+    report = transcode(src, tmp_path / "b.mp4", double, size=(128, 96), segment_frames=8, checkpoints=checkpoints)
+    assert (report.resumed_frames, report.processed_frames, report.frames) == (16, 24, 40)
+    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "whole.mp4").read_bytes()
+    assert not list(tmp_path.glob(".segments-*"))  # scratch cleaned up, after the crash too
+
+
+def test_stop_cuts_the_segment_short_and_the_next_run_finishes(tmp_path: Path) -> None:
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=30)
+    checkpoints = FolderCheckpoints(tmp_path / "cp")
+    seen = []
+    with pytest.raises(Interrupted) as stopped:
+        transcode(
+            src,
+            tmp_path / "a.mp4",
+            double,
+            size=(128, 96),
+            segment_frames=20,
+            checkpoints=checkpoints,
+            progress=lambda done, total: seen.append(done),
+            stop=lambda: len(seen) >= 5,
+        )
+    assert stopped.value.frames_done == sum(checkpoints.saved()) >= 5  # cut mid-segment, nothing lost
+    report = transcode(src, tmp_path / "b.mp4", double, size=(128, 96), segment_frames=20, checkpoints=checkpoints)
+    assert report.frames == 30 and report.processed_frames == 30 - report.resumed_frames
+    assert video_info(tmp_path / "b.mp4")[1] == video_info(src)[1]
+    assert packets(tmp_path / "b.mp4", "audio") == packets(src, "audio")

@@ -1,21 +1,36 @@
-"""Streaming video transcoding with a per-frame function, in PyAV.
+"""Streaming video transcoding with a per-frame function, in PyAV, in resumable segments.
 
 Frames are decoded one by one and handed to ``frame_fn`` on a thread pool (``max_workers`` at a time, at most
 ``2 * max_workers`` frames in flight: memory is bounded by that, not by the video); results are encoded in order
-with libx264. Every frame keeps its presentation timestamp, so variable frame rate and A/V sync survive. Audio and
-subtitle packets are copied unchanged (no re-encode). A frame identical to the one before it (static scenes) is
-processed once. Odd output sizes are encoded in 4:4:4, which H.264 allows at any size; even sizes in 4:2:0.
+with libx264 while the next frames decode and run, so decode, model and encode overlap. Every frame keeps its
+presentation timestamp, so variable frame rate and A/V sync survive. A frame identical to the one before it (static
+scenes) is processed once. Odd output sizes are encoded in 4:4:4, which H.264 allows at any size; even sizes 4:2:0.
+
+The video is encoded in segments of ``segment_frames`` frames, each a closed, self-contained H.264 stream that
+starts with a keyframe. A finished segment is handed to :class:`Checkpoints` (the worker saves it to the object
+store), so a run that dies is resumed from the last saved segment: earlier frames are decoded and skipped, never
+run through the model again. Because the segment boundaries are fixed and x264 is deterministic, a resumed run
+writes the same bytes as an uninterrupted one. Each segment's timestamps start at zero (MP4 would otherwise round a
+non-zero start to its movie timescale through the edit list); the join adds each segment's start back. When
+``stop()`` turns true, the segment in progress is cut short at the current frame, saved, and :class:`Interrupted`
+is raised. Finally the segments are joined and the source's audio and subtitle packets are copied in unchanged (no
+re-encode), interleaved by time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,17 +40,42 @@ FrameFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int | None], None]
 
 
+class Interrupted(Exception):
+    """``stop()`` turned true: the work so far is checkpointed; run again to continue."""
+
+    def __init__(self, frames_done: int) -> None:
+        super().__init__(f"stopped after {frames_done} frames (checkpointed)")
+        self.frames_done = frames_done
+
+
+class Checkpoints(Protocol):
+    """Where finished segments are kept between runs of the same job."""
+
+    def saved(self) -> list[int]:
+        """Frame counts of the segments 0..n-1 saved so far (consecutive from 0)."""
+
+    def save(self, index: int, path: Path, frames: int) -> None:
+        """Keep segment ``index`` (a file of ``frames`` frames) durably."""
+
+    def load(self, index: int, path: Path) -> None:
+        """Write saved segment ``index`` to ``path``."""
+
+
 @dataclass
 class TranscodeReport:
-    frames: int
+    frames: int  # frames in the output
+    processed_frames: int  # frames run through frame_fn in this run (resumed and repeated ones excluded)
+    resumed_frames: int  # frames taken from checkpoints of an earlier run
     repeated_frames: int
     copied_packets: int
+    dropped_streams: list[str]  # streams MP4 cannot carry (e.g. "subtitle:subrip"), left out
+    segments: int
     seconds: float
     width: int
     height: int
 
 
-def probe(path: Path) -> dict[str, object]:
+def probe(path: Path) -> dict[str, Any]:
     """Frames (estimated), duration, size and streams of a video, without decoding it."""
     import av
 
@@ -45,16 +85,57 @@ def probe(path: Path) -> dict[str, object]:
                 raise UnsupportedMedia("the file has no video stream")
             v = container.streams.video[0]
             duration = float(container.duration / av.time_base) if container.duration else None
+            if duration is None and v.duration and v.time_base:
+                duration = float(v.duration * v.time_base)
             return {
                 "width": v.codec_context.width,
                 "height": v.codec_context.height,
                 "frames": v.frames or None,
                 "duration": duration,
                 "rate": float(v.average_rate) if v.average_rate else None,
+                "codec": v.codec_context.name,
                 "streams": [s.type for s in container.streams],
             }
     except av.FFmpegError as exc:
         raise UndecodableImage(f"video cannot be read: {exc}") from None
+
+
+class _SegmentWriter:
+    """One H.264 segment file: frames in (with their source pts), a closed stream out."""
+
+    def __init__(
+        self, path: Path, *, start: int, size: tuple[int, int], rate: Fraction, time_base: Fraction, options: dict
+    ) -> None:
+        import av
+
+        self.path, self.start = path, start
+        self.frames = 0
+        self.container = av.open(str(path), "w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.width, self.stream.height = size
+        self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+        self.stream.time_base = time_base
+        self.stream.codec_context.time_base = time_base
+        self.stream.options = options
+        self.time_base = time_base
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = pts - self.start, self.time_base
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # a half-written segment is thrown away anyway
+            self.container.close()
 
 
 def transcode(
@@ -67,81 +148,208 @@ def transcode(
     crf: int = 18,
     preset: str = "medium",
     progress: Progress | None = None,
+    segment_frames: int = 0,
+    checkpoints: Checkpoints | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TranscodeReport:
     """Write ``dst`` (MP4): every video frame of ``src`` through ``frame_fn`` (RGB uint8 HxWx3 -> RGB uint8 of
-    ``size`` = (width, height)), audio and subtitles copied."""
+    ``size`` = (width, height)), audio and subtitles copied. ``segment_frames`` = 0 makes one segment."""
     import av
 
     start = time.perf_counter()
     width, height = size
-    frames = repeated = copied = 0
     try:
         src_c = av.open(str(src))
     except av.FFmpegError as exc:
         raise UndecodableImage(f"video cannot be read: {exc}") from None
-    with src_c, av.open(str(dst), "w", format="mp4") as out, ThreadPoolExecutor(max_workers) as pool:
+    with src_c, tempfile.TemporaryDirectory(dir=dst.parent, prefix=".segments-") as tmp:
         if not src_c.streams.video:
             raise UnsupportedMedia("the file has no video stream")
         vin = src_c.streams.video[0]
         vin.thread_type = "AUTO"
-        vout = out.add_stream("libx264", rate=vin.average_rate or 25)
-        vout.width, vout.height = width, height
-        vout.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        vout.time_base = vin.time_base
-        vout.codec_context.time_base = vin.time_base
-        vout.options = {"crf": str(crf), "preset": preset}
-        copies = {}
-        for stream in src_c.streams:
-            if stream.type in ("audio", "subtitle") and stream is not vin:
-                try:
-                    copies[stream.index] = out.add_stream_from_template(stream)
-                except (ValueError, av.FFmpegError):
-                    continue  # a codec MP4 cannot carry (e.g. some subtitle formats) is left out, not fatal
+        rate = vin.average_rate or Fraction(25)
+        options = {"crf": str(crf), "preset": preset}
         total = vin.frames or None
-        pending: deque[tuple[Future[np.ndarray] | np.ndarray, int | None]] = deque()
+        saved = checkpoints.saved() if checkpoints else []
+        resumed = sum(saved)
+
+        def segment_path(index: int) -> Path:
+            return Path(tmp) / f"seg-{index:06d}.mp4"
+
+        counts = list(saved)  # frame count per segment, saved ones first
+        boundaries = {sum(saved[:i]) + 1: i for i in range(len(saved))}  # 1-based frame number -> segment
+        starts: list[int] = [0] * len(saved)  # each segment's first pts, in the source's time base
+        tick = max(1, round(1 / (rate * vin.time_base))) if vin.time_base else 1
+        frames = processed = repeated = 0
+        writer: _SegmentWriter | None = None
+        pending: deque[tuple[Future[np.ndarray] | np.ndarray, int]] = deque()
         last_key: bytes | None = None
         last_result: Future[np.ndarray] | np.ndarray | None = None
 
-        def emit(item: tuple[Future[np.ndarray] | np.ndarray, int | None]) -> None:
+        def finish_segment() -> None:
+            nonlocal writer, last_key, last_result
+            while pending:
+                emit(pending.popleft())
+            if writer is None:
+                return
+            writer.close()
+            index = len(counts)
+            counts.append(writer.frames)
+            if checkpoints:
+                checkpoints.save(index, writer.path, writer.frames)
+            writer, last_key, last_result = None, None, None  # a segment never refers to another's frames
+
+        def emit(item: tuple[Future[np.ndarray] | np.ndarray, int]) -> None:
             nonlocal frames
             result, pts = item
             arr = result.result() if isinstance(result, Future) else result
             if arr.shape[:2] != (height, width):
                 raise ValueError(f"frame function returned {arr.shape[1]}x{arr.shape[0]}, expected {width}x{height}")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr, dtype=np.uint8), format="rgb24")
-            frame.pts, frame.time_base = pts, vin.time_base
-            for packet in vout.encode(frame):
-                out.mux(packet)
+            assert writer is not None
+            writer.write(arr, pts)
             frames += 1
             if progress:
                 progress(frames, total)
 
-        for packet in src_c.demux():
-            if packet.stream.index in copies:
-                if packet.dts is None:
-                    continue  # demuxer flush packet
-                packet.stream = copies[packet.stream.index]
-                out.mux(packet)
-                copied += 1
-                continue
-            if packet.stream is not vin:
-                continue
-            for frame in packet.decode():
-                rgb = frame.to_ndarray(format="rgb24")
-                key = hashlib.blake2b(rgb.tobytes(), digest_size=16).digest()
-                if key == last_key and last_result is not None:
-                    result = last_result
-                    repeated += 1
+        try:
+            with ThreadPoolExecutor(max(1, max_workers)) as pool:
+                try:
+                    decoded = src_c.decode(vin)
+                    index = 0
+                    for frame in decoded:
+                        index += 1
+                        pts = frame.pts if frame.pts is not None else (index - 1) * tick  # raw streams: no pts
+                        if index in boundaries:
+                            starts[boundaries[index]] = pts
+                        if index <= resumed:  # done by an earlier run: decode past it, nothing else
+                            frames += 1
+                            if progress and (frames % 25 == 0 or frames == resumed):
+                                progress(frames, total)
+                            continue
+                        if writer is not None and (
+                            (segment_frames and writer.frames + len(pending) >= segment_frames)
+                            or (stop is not None and stop())
+                        ):
+                            finish_segment()
+                            if stop is not None and stop():
+                                raise Interrupted(frames)
+                        if writer is None:
+                            starts.append(pts)
+                            writer = _SegmentWriter(
+                                segment_path(len(counts)),
+                                start=pts,
+                                size=size,
+                                rate=rate,
+                                time_base=vin.time_base,
+                                options=options,
+                            )
+                        rgb = frame.to_ndarray(format="rgb24")
+                        key = hashlib.blake2b(rgb.tobytes(), digest_size=16).digest()
+                        if key == last_key and last_result is not None:
+                            result = last_result
+                            repeated += 1
+                        else:
+                            result = pool.submit(frame_fn, rgb)
+                            processed += 1
+                        last_key, last_result = key, result
+                        pending.append((result, pts))
+                        while len(pending) > 2 * max_workers:
+                            emit(pending.popleft())
+                    finish_segment()
+                except av.FFmpegError as exc:
+                    raise UndecodableImage(f"video cannot be decoded: {exc}") from None
+                finally:
+                    for item, _ in pending:
+                        if isinstance(item, Future):
+                            item.cancel()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if frames == 0:
+            raise UndecodableImage("the video has no decodable frames")
+        if frames < resumed:
+            raise UndecodableImage(f"the video has {frames} frames, fewer than its checkpoints hold ({resumed})")
+        for i in range(len(saved)):
+            assert checkpoints is not None
+            checkpoints.load(i, segment_path(i))
+        segments = [(segment_path(i), starts[i] * vin.time_base) for i in range(len(counts))]
+        copied, dropped = _join(src, segments, dst)
+    return TranscodeReport(
+        frames=frames,
+        processed_frames=processed,
+        resumed_frames=resumed,
+        repeated_frames=repeated,
+        copied_packets=copied,
+        dropped_streams=dropped,
+        segments=len(counts),
+        seconds=time.perf_counter() - start,
+        width=width,
+        height=height,
+    )
+
+
+def _join(src: Path, segments: list[tuple[Path, Fraction]], dst: Path) -> tuple[int, list[str]]:
+    """Write ``dst``: the segments' video packets in order, each shifted by its start (seconds), and ``src``'s audio
+    and subtitle packets copied, interleaved by decode time. Returns the number of copied (non-video) packets and
+    the streams left out."""
+    import av
+
+    parts = [av.open(str(p)) for p, _ in segments]
+    try:
+        with av.open(str(src)) as src_c, av.open(str(dst), "w", format="mp4") as out:
+            vout = out.add_stream_from_template(parts[0].streams.video[0])
+            copies, dropped = {}, []
+            for stream in src_c.streams:
+                if stream.type in ("audio", "subtitle"):
+                    name = f"{stream.type}:{stream.codec_context.name}"
+                    if stream.codec_context.name not in out.supported_codecs:  # e.g. subrip, ass, dvd_subtitle
+                        dropped.append(name)
+                        continue
+                    try:
+                        copies[stream.index] = out.add_stream_from_template(stream)
+                    except (ValueError, av.FFmpegError):
+                        dropped.append(name)
+
+            def video() -> Iterator[tuple[float, int, Any]]:
+                last_dts: int | None = None
+                for part, (_, start) in zip(parts, segments, strict=True):
+                    stream = part.streams.video[0]
+                    shift = round(start / stream.time_base)
+                    for packet in part.demux(stream):
+                        if packet.dts is None:
+                            continue
+                        packet.dts += shift
+                        if packet.pts is not None:
+                            packet.pts += shift
+                        # A variable frame rate can make a segment's first dts (pts minus the B-frame delay) reach
+                        # the previous segment's last: nudge it one tick, the frame's pts is unchanged.
+                        if last_dts is not None and packet.dts <= last_dts:
+                            packet.dts = last_dts + 1
+                            if packet.pts is not None and packet.pts < packet.dts:
+                                packet.pts = packet.dts
+                        last_dts = packet.dts
+                        yield float(packet.dts * packet.time_base), 0, packet
+
+            def others() -> Iterator[tuple[float, int, Any]]:
+                if not copies:
+                    return
+                for packet in src_c.demux([s for s in src_c.streams if s.index in copies]):
+                    if packet.dts is None:
+                        continue  # demuxer flush packet
+                    if packet.size == 2 and packet.stream.codec_context.name == "mov_text" and bytes(packet) == b"\0\0":
+                        continue  # an empty cue: the MP4 muxer writes these gaps itself
+                    yield float(packet.dts * packet.time_base), 1, packet
+
+            copied = 0
+            for _, kind, packet in heapq.merge(video(), others(), key=lambda item: (item[0], item[1])):
+                if kind == 0:
+                    packet.stream = vout
                 else:
-                    result = pool.submit(frame_fn, rgb)
-                last_key, last_result = key, result
-                pending.append((result, frame.pts))
-                while len(pending) > 2 * max_workers:
-                    emit(pending.popleft())
-        while pending:
-            emit(pending.popleft())
-        for packet in vout.encode(None):
-            out.mux(packet)
-    if frames == 0:
-        raise UndecodableImage("the video has no decodable frames")
-    return TranscodeReport(frames, repeated, copied, time.perf_counter() - start, width, height)
+                    packet.stream = copies[packet.stream.index]
+                    copied += 1
+                out.mux(packet)
+        return copied, dropped
+    finally:
+        for part in parts:
+            part.close()
