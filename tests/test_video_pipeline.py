@@ -116,7 +116,7 @@ def test_downscale_keeps_every_frame_timestamps_and_audio(tmp_path: Path, engine
     assert sorted(pts_out) == sorted(pts_in)  # every frame, first one included, at its own time
     assert packets(dst, "audio") == packets(src, "audio")  # copied, not re-encoded
     assert seen[-1] == 24 and report.copied_packets > 0
-    assert probe(dst)["duration"] == pytest.approx(probe(src)["duration"], abs=0.1)
+    assert probe(dst).duration == pytest.approx(probe(src).duration, abs=0.1)
 
 
 def test_upscale_to_an_odd_exact_size(tmp_path: Path, engine: Engine) -> None:

@@ -103,6 +103,42 @@ class Settings:
     #: Seconds allowed for fetching a URL source.
     source_timeout: float = 10.0
 
+    # --- video jobs -----------------------------------------------------------------------------------------
+    #: Job store: a SQLite file (the embedded default) or ``dynamodb:<table>``.
+    job_store: str = "./data/jobs.db"
+    #: Job queue: a SQLite file (the embedded default) or an SQS queue URL (``https://sqs...``).
+    job_queue: str = "./data/queue.db"
+    #: SQS dead-letter queue URL, where a job that can never succeed is moved at once (the queue's RedrivePolicy
+    #: moves the ones that fail ``video_max_receives`` times).
+    job_dead_letter_queue: str = ""
+    #: SQS and DynamoDB endpoint overrides (moto, LocalStack); empty = AWS's.
+    sqs_endpoint_url: str = ""
+    dynamodb_endpoint_url: str = ""
+    #: Video workers ``upscaler serve`` starts beside the API (0 = none: run ``upscaler worker`` yourself).
+    video_workers: int = 1
+    #: Seconds a received job stays hidden from other workers; a running job's heartbeat renews it every third.
+    video_visibility: int = 120
+    #: Deliveries of one job before it is marked Failed and dead-lettered.
+    video_max_receives: int = 3
+    #: Frames per checkpointed segment (a killed worker redoes at most this many).
+    video_segment_frames: int = 250
+    #: Object key prefix of the segment checkpoints (``<prefix><job id>/``, same bucket as the video).
+    video_checkpoint_prefix: str = "_checkpoints/"
+    #: Folder for a job's temporary files (empty = the system's temporary folder).
+    video_scratch: str = ""
+    #: Model for video upscaling when a job names none (chosen by benchmarks/bench_video.py).
+    video_default_model: str = "span"
+    #: H.264 quality of the written video (x264 CRF, lower is better) and speed preset.
+    video_crf: int = 18
+    video_preset: str = "medium"
+    #: Limits of a source video: bytes, seconds, frames, and megapixels of one frame, before and after upscaling.
+    video_max_bytes: int = 4 * 1024**3
+    video_max_seconds: float = 3 * 3600.0
+    video_max_frames: int = 3 * 3600 * 60
+    video_max_megapixels: float = 8.3
+    #: Largest ``max_workers`` a job may ask for (frames in flight to the provider).
+    video_max_workers: int = 16
+
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

@@ -35,6 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from upscaler.errors import UndecodableImage, UnsupportedMedia
+from upscaler.media.video import probe
+
+__all__ = ["Checkpoints", "Interrupted", "TranscodeReport", "probe", "transcode"]
 
 FrameFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int | None], None]
@@ -73,31 +76,6 @@ class TranscodeReport:
     seconds: float
     width: int
     height: int
-
-
-def probe(path: Path) -> dict[str, Any]:
-    """Frames (estimated), duration, size and streams of a video, without decoding it."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UnsupportedMedia("the file has no video stream")
-            v = container.streams.video[0]
-            duration = float(container.duration / av.time_base) if container.duration else None
-            if duration is None and v.duration and v.time_base:
-                duration = float(v.duration * v.time_base)
-            return {
-                "width": v.codec_context.width,
-                "height": v.codec_context.height,
-                "frames": v.frames or None,
-                "duration": duration,
-                "rate": float(v.average_rate) if v.average_rate else None,
-                "codec": v.codec_context.name,
-                "streams": [s.type for s in container.streams],
-            }
-    except av.FFmpegError as exc:
-        raise UndecodableImage(f"video cannot be read: {exc}") from None
 
 
 class _SegmentWriter:

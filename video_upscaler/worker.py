@@ -1,37 +1,86 @@
 """The video worker loop: take a job message, run the pipeline, store the output, report; never lose a job.
 
-* The job row moves Submitted -> Processing -> Completed | Failed; a message whose job is already finished is
-  acknowledged without work (second delivery), one whose job does not exist is dropped with a log line.
+* The job row moves Submitted -> Processing -> Completed | Failed; a message whose job is already finished (or
+  cancelled) is acknowledged without work (second delivery), one whose job does not exist is dropped with a log line.
 * While a job runs, a heartbeat extends the message's visibility, so a long job is not handed to another worker.
-* A job that can never succeed (bad input: undecodable video, missing object) is marked Failed with its reason and
-  its message moved to the dead-letter queue at once. Any other failure gives the message back for a retry; on the
-  last allowed receive the job is marked Failed and the message buried, so a poison job never loops.
-* Outputs go where the original wrote them: ``<key-without-ext>-downscaled.mp4`` / ``-upscaled.mp4``; a
-  downscaled video records its original size in the object metadata so the upscale restores it exactly.
+* Finished segments are checkpointed to the object store (``<video_checkpoint_prefix><job id>/``), so a worker
+  killed at any moment is resumed by the next delivery from its last segment; the checkpoints are removed once the
+  job is finished. A stop request (SIGTERM) cuts the current segment short, saves it, gives the message back and
+  returns the job to Submitted.
+* A job that can never succeed (bad input: undecodable video, missing object, over a limit) is marked Failed with
+  its reason and its message moved to the dead-letter queue at once. Any other failure gives the message back for
+  a retry; on the last allowed receive the job is marked Failed and the message buried, so a poison job never loops.
+* A job cancelled through the API stops at its next progress report.
+* Outputs go where the original wrote them (``<key-without-ext>-downscaled.mp4`` / ``-upscaled.mp4``) unless the job
+  names another key; a downscaled video records its original size in the object metadata so the upscale restores
+  it exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
-from upscaler.errors import NotFound, UpscalerError
-from upscaler.jobs import COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
+from upscaler.errors import Conflict, NotFound, UpscalerError
+from upscaler.jobs import CANCELLED, COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
 from upscaler.jobs.model import FINAL
+from upscaler.media.video import probe
 from upscaler.providers import UpscaleProvider
 from upscaler.sources import parse_s3_url
 from upscaler.store import ObjectStore
-from video_upscaler.pipeline import probe, transcode
+from upscaler.videos import default_output_key, video_limits
+from video_upscaler import metrics
+from video_upscaler.pipeline import Interrupted, transcode
 
 log = logging.getLogger("video_upscaler")
 
 ORIGINAL_WIDTH, ORIGINAL_HEIGHT = "original-width", "original-height"
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+class StoreCheckpoints:
+    """A job's finished segments in the object store, valid only for the same source version and settings."""
+
+    def __init__(self, store: ObjectStore, bucket: str, prefix: str, fingerprint: str) -> None:
+        self.store, self.bucket, self.prefix, self.fingerprint = store, bucket, prefix, fingerprint
+
+    def _key(self, index: int) -> str:
+        return f"{self.prefix}seg-{index:06d}.mp4"
+
+    def saved(self) -> list[int]:
+        counts: list[int] = []
+        while True:
+            try:
+                info = self.store.head(self.bucket, self._key(len(counts)))
+            except NotFound:
+                return counts
+            if info.metadata.get("fingerprint") != self.fingerprint:
+                log.warning("stale checkpoints ignored", extra={"prefix": self.prefix})
+                return counts
+            counts.append(int(info.metadata["frames"]))
+
+    def save(self, index: int, path: Path, frames: int) -> None:
+        metadata = {"frames": str(frames), "fingerprint": self.fingerprint}
+        self.store.put_file(self.bucket, self._key(index), path, metadata=metadata, content_type="video/mp4")
+        log.info("segment checkpointed", extra={"segment": index, "frames": frames, "prefix": self.prefix})
+
+    def load(self, index: int, path: Path) -> None:
+        self.store.get_file(self.bucket, self._key(index), path)
+
+    def clear(self) -> None:
+        for key in list(self.store.list(self.bucket, self.prefix)):
+            self.store.delete(self.bucket, key)
 
 
 class VideoWorker:
@@ -43,26 +92,46 @@ class VideoWorker:
         queue: JobQueue,
         provider: UpscaleProvider,
         engine: Engine,
-        scratch: Path | None = None,
-        visibility: int = 300,
-        max_receives: int = 3,
-        default_factor: float = 4.0,
+        settings: Settings | None = None,
     ) -> None:
         self.store, self.jobs, self.queue = store, jobs, queue
         self.provider, self.engine = provider, engine
-        self.scratch = scratch
-        self.visibility = visibility
-        self.max_receives = max_receives
-        self.default_factor = default_factor
+        self.settings = settings or Settings.from_env()
+        self.visibility = self.settings.video_visibility
+        self.max_receives = self.settings.video_max_receives
+        self.limits = video_limits(self.settings)
 
-    def run(self, stop: threading.Event, wait_seconds: float = 20.0) -> None:
-        """Handle messages until ``stop`` is set (the current job finishes first)."""
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoWorker:
+        from upscaler.jobs.factory import open_job_queue, open_job_store
+        from upscaler.providers import open_provider
+        from upscaler.store.factory import open_store
+
+        engine = Engine(settings)
+        return cls(
+            store=open_store(settings.storage, endpoint_url=settings.s3_endpoint_url or None),
+            jobs=open_job_store(settings),
+            queue=open_job_queue(settings),
+            provider=open_provider(settings, engine),
+            engine=engine,
+            settings=settings,
+        )
+
+    def run(self, stop: threading.Event, wait_seconds: float = 20.0, once: bool = False) -> None:
+        """Handle messages until ``stop`` is set (the current job is checkpointed and given back first)."""
         while not stop.is_set():
-            message = self.queue.receive(wait_seconds=wait_seconds, visibility=self.visibility)
+            try:
+                message = self.queue.receive(wait_seconds=wait_seconds, visibility=self.visibility)
+            except UpscalerError as exc:  # the queue is unreachable: wait, do not spin
+                log.warning("queue receive failed", extra={"reason": exc.message})
+                stop.wait(min(wait_seconds, 5.0))
+                continue
             if message is not None:
-                self.handle(message)
+                self.handle(message, stop)
+                if once:
+                    return
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: Message, stop: threading.Event | None = None) -> None:
         job_id = str(message.body.get("id", ""))
         try:
             job = self.jobs.get(job_id)
@@ -71,14 +140,21 @@ class VideoWorker:
             self.queue.delete(message)
             return
         if job.status in FINAL:
-            self.queue.delete(message)  # a second delivery of a finished job: nothing to redo
+            self.queue.delete(message)  # a second delivery of a finished or cancelled job: nothing to redo
             return
-        job = self.jobs.transition(job.id, PROCESSING, started_at=time.time(), attempts=job.attempts + 1)
+        try:
+            job = self.jobs.transition(job.id, PROCESSING, started_at=time.time(), attempts=job.attempts + 1)
+        except Conflict:  # cancelled (or finished by another worker) between the read and the write
+            self.queue.delete(message)
+            return
+        log.info("job started", extra={"job": job.id, "method": job.method, "video": job.video})
         beat = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(message, beat), daemon=True)
         heartbeat.start()
+        started = time.perf_counter()
+        outcome = "failed"
         try:
-            output, frames = self._process(job)
+            output, frames, resumed = self._process(job, stop)
             self.jobs.transition(
                 job.id,
                 COMPLETED,
@@ -86,33 +162,56 @@ class VideoWorker:
                 finished_at=time.time(),
                 frames_done=frames,
                 frames_total=frames,
+                resumed_frames=resumed,
                 error=None,
             )
             self.queue.delete(message)
-            log.info("job completed", extra={"job": job.id, "frames": frames, "output": output})
+            outcome = "completed"
+            log.info("job completed", extra={"job": job.id, "frames": frames, "resumed": resumed, "output": output})
+        except Interrupted as exc:
+            self._give_back(job, message, exc.frames_done)
+            outcome = "interrupted"
+        except JobCancelled:
+            self.queue.delete(message)
+            self._checkpoints(job).clear()
+            outcome = "cancelled"
+            log.info("job cancelled", extra={"job": job.id})
         except UpscalerError as exc:
             if exc.status < 500:  # the input is wrong: retrying cannot help
                 self._fail(job, message, exc.message)
             else:
-                self._retry_or_fail(job, message, exc.message)
+                outcome = self._retry_or_fail(job, message, exc.message)
         except Exception as exc:  # a bug or a crash of a dependency: retry, then give up
-            log.exception("job failed", extra={"job": job.id})
-            self._retry_or_fail(job, message, f"{type(exc).__name__}: {exc}")
+            log.exception("job attempt failed", extra={"job": job.id})
+            outcome = self._retry_or_fail(job, message, f"{type(exc).__name__}: {exc}")
         finally:
             beat.set()
             heartbeat.join()
+            metrics.JOBS.labels(job.method, outcome).inc()
+            metrics.JOB_SECONDS.labels(job.method).observe(time.perf_counter() - started)
+
+    def _move(self, job: Job, status: str, **fields: object) -> None:
+        with contextlib.suppress(Conflict):  # cancelled meanwhile: the next delivery acknowledges it
+            self.jobs.transition(job.id, status, **fields)
+
+    def _give_back(self, job: Job, message: Message, frames_done: int) -> None:
+        self._move(job, SUBMITTED, frames_done=frames_done)
+        self.queue.release(message)
+        log.info("job interrupted and given back", extra={"job": job.id, "frames_done": frames_done})
 
     def _fail(self, job: Job, message: Message, reason: str) -> None:
-        self.jobs.transition(job.id, FAILED, error=reason, finished_at=time.time())
+        self._move(job, FAILED, error=reason, finished_at=time.time())
         self.queue.bury(message)
+        self._checkpoints(job).clear()
         log.warning("job failed", extra={"job": job.id, "reason": reason})
 
-    def _retry_or_fail(self, job: Job, message: Message, reason: str) -> None:
+    def _retry_or_fail(self, job: Job, message: Message, reason: str) -> str:
         if message.receive_count >= self.max_receives:
             self._fail(job, message, f"gave up after {message.receive_count} attempts: {reason}")
-            return
-        self.jobs.transition(job.id, SUBMITTED, error=reason)
+            return "failed"
+        self._move(job, SUBMITTED, error=reason)
         self.queue.release(message)
+        return "retried"
 
     def _heartbeat(self, message: Message, stop: threading.Event) -> None:
         while not stop.wait(self.visibility / 3):
@@ -121,42 +220,73 @@ class VideoWorker:
             except UpscalerError as exc:
                 log.warning("heartbeat failed", extra={"reason": exc.message})
 
-    def _process(self, job: Job) -> tuple[str, int]:
+    def _checkpoints(self, job: Job, fingerprint: str = "") -> StoreCheckpoints:
+        bucket, _ = parse_s3_url(job.video)
+        return StoreCheckpoints(self.store, bucket, f"{self.settings.video_checkpoint_prefix}{job.id}/", fingerprint)
+
+    def _process(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int]:
         bucket, key = parse_s3_url(job.video)
-        stem = str(PurePosixPath(key).with_suffix(""))
-        with tempfile.TemporaryDirectory(dir=self.scratch, prefix="video-") as tmp:
+        out_key = job.output_key or default_output_key(job.method, key)
+        settings = self.settings
+        scratch = settings.video_scratch or None
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="video-") as tmp:
             src, dst = Path(tmp) / "source", Path(tmp) / "output.mp4"
-            info = self.store.get_file(bucket, key, src)
-            meta = probe(src)
-            width, height = int(meta["width"]), int(meta["height"])  # type: ignore[arg-type]
-            total = meta["frames"]
-            last_report = [0.0]
-
-            def progress(done: int, _total: int | None) -> None:
-                now = time.monotonic()
-                if now - last_report[0] >= 1.0:
-                    last_report[0] = now
-                    self.jobs.update(job.id, frames_done=done, frames_total=total)
-
+            source = self.store.head(bucket, key)
+            self.limits.check_bytes(source.size)
+            self.store.get_file(bucket, key, src)
+            info = probe(src)
+            width, height = info.width, info.height
             metadata: dict[str, str] = {"job": job.id}
             if job.method == "downscale":
-                factor = None if (job.min_size or job.max_size) else self.default_factor
+                factor = None if (job.min_size or job.max_size) else (job.scale or float(settings.default_scale))
                 size = downscale_size(width, height, factor, min_size=job.min_size, max_size=job.max_size)
-                out_key = f"{stem}-downscaled.mp4"
                 metadata.update({ORIGINAL_WIDTH: str(width), ORIGINAL_HEIGHT: str(height)})
 
                 def fn(rgb: np.ndarray) -> np.ndarray:
                     return np.asarray(self.engine.downscale(rgb, size=size))
             else:
+                scale = settings.default_scale
                 size = (
-                    int(info.metadata.get(ORIGINAL_WIDTH, width * 4)),
-                    int(info.metadata.get(ORIGINAL_HEIGHT, height * 4)),
+                    int(source.metadata.get(ORIGINAL_WIDTH, width * scale)),
+                    int(source.metadata.get(ORIGINAL_HEIGHT, height * scale)),
                 )
-                out_key = f"{stem.removesuffix('-downscaled')}-upscaled.mp4"
 
                 def fn(rgb: np.ndarray) -> np.ndarray:
                     return np.asarray(self.provider.upscale(rgb, size=size, model=job.model, endpoint=job.endpoint))
 
-            report = transcode(src, dst, fn, size=size, max_workers=max(1, job.max_workers), progress=progress)
+            self.limits.check(info, size)
+            fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{settings.video_crf}:{settings.video_preset}"
+            checkpoints = self._checkpoints(job, fingerprint)
+            last = [time.monotonic()]
+
+            def progress(done: int, total: int | None) -> None:
+                now = time.monotonic()
+                if now - last[0] < 1.0:
+                    return
+                last[0] = now
+                if self.jobs.get(job.id).status == CANCELLED:
+                    raise JobCancelled(job.id)
+                self.jobs.update(job.id, frames_done=done, frames_total=total or info.frames)
+
+            report = transcode(
+                src,
+                dst,
+                fn,
+                size=size,
+                max_workers=max(1, job.max_workers),
+                crf=settings.video_crf,
+                preset=settings.video_preset,
+                progress=progress,
+                segment_frames=settings.video_segment_frames,
+                checkpoints=checkpoints,
+                stop=stop.is_set if stop is not None else None,
+            )
+            metrics.FRAMES.labels(job.method).inc(report.processed_frames)
+            if report.dropped_streams:
+                log.warning(
+                    "streams MP4 cannot carry were left out", extra={"job": job.id, "streams": report.dropped_streams}
+                )
+                metadata["dropped-streams"] = ",".join(report.dropped_streams)
             self.store.put_file(bucket, out_key, dst, metadata=metadata, content_type="video/mp4")
-        return f"s3://{bucket}/{out_key}", report.frames
+        checkpoints.clear()
+        return f"s3://{bucket}/{out_key}", report.frames, report.resumed_frames

@@ -40,8 +40,14 @@ class Job:
     model: str | None = None
     min_size: int | None = None
     max_size: int | None = None
+    #: Downscale factor when neither min_size nor max_size is given (None = the service's default).
+    scale: float | None = None
     max_workers: int = 4
+    #: Where the output goes (key in the video's bucket); None = next to the source, named as the original did.
+    output_key: str | None = None
     frames_done: int = 0
+    #: Frames the last run took from checkpoints of an earlier, interrupted run (not done again).
+    resumed_frames: int = 0
     frames_total: int | None = None
     error: str | None = None
     attempts: int = 0
@@ -79,9 +85,11 @@ class Job:
             "endpoint": self.endpoint,
             "min_size": self.min_size,
             "max_size": self.max_size,
+            "scale": self.scale,
             "max_workers": self.max_workers,
             "method": self.method,
             "model": self.model,
+            "output_key": self.output_key,
         }
 
     def legacy_status(self) -> dict[str, Any]:
@@ -93,9 +101,29 @@ class Job:
         out["progress"] = self.progress
         return out
 
-
-def check_transition(current: str, new: str) -> None:
-    if new not in TRANSITIONS[current]:
-        from upscaler.errors import Conflict
-
-        raise Conflict(f"job is {current}; it cannot become {new}")
+    def to_v1(self) -> dict[str, Any]:
+        """The /v1 status object."""
+        now = time.time()
+        started, finished = self.started_at, self.finished_at
+        return {
+            "id": self.id,
+            "status": self.status,
+            "method": self.method,
+            "video": self.video,
+            "output": self.output if self.status == COMPLETED else None,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "progress": self.progress,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+            "resumed_frames": self.resumed_frames,
+            "error": self.error,
+            "attempts": self.attempts,
+            "timings": {
+                "created_at": self.created_at,
+                "started_at": started,
+                "finished_at": finished,
+                "queued_seconds": round((started or now) - self.created_at, 3),
+                "run_seconds": round((finished or now) - started, 3) if started else None,
+            },
+        }

@@ -32,6 +32,14 @@ class UpscaleProvider(ABC):
     def check_ready(self) -> None:
         """Raise :class:`upscaler.errors.Unavailable` when the provider cannot serve now."""
 
+    def check_request(self, *, model: str | None = None, endpoint: str | None = None) -> None:
+        """Raise the error an :meth:`upscale` with these options would raise before any work (an unknown model, an
+        endpoint off the allow-list), so a job can be refused when it is submitted rather than when it runs."""
+        if model:
+            from upscaler.engine import registry
+
+            registry.resolve(model, 1.0)
+
     def describe(self) -> dict[str, Any]:
         """What /ready and logs show about this provider."""
         return {"provider": self.name}

@@ -72,6 +72,9 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
     def client(self) -> Any:
         return self._clients.get()
 
+    def check_request(self, *, model: str | None = None, endpoint: str | None = None) -> None:
+        self.resolve_endpoint(endpoint)  # the endpoint chooses the model; ``model`` is passed along to it
+
     def dialect_for(self, endpoint: str) -> str:
         """JumpStart's SD x4 for endpoints listed in ``UPSCALER_SAGEMAKER_JUMPSTART_ENDPOINTS``, else the default
         dialect; so one service can serve ``upscaleMethod=stableDiffusionJT`` clients and our container."""

@@ -1,0 +1,138 @@
+"""Video jobs as the API offers them: upload a source, submit a downscale or upscale job, read and cancel it.
+
+The work itself happens in a worker (``video_upscaler``); this side validates a request completely before a job
+exists (bucket, key, object present, sizes, limits, model and endpoint), so a job that is accepted can only fail
+on its content. A job is written before its message (see :func:`upscaler.jobs.submit`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from upscaler.config import Settings
+from upscaler.errors import Conflict, InvalidInput
+from upscaler.jobs import CANCELLED, Job, JobQueue, JobStore, submit
+from upscaler.jobs.model import FINAL
+from upscaler.media.video import VideoLimits, probe
+from upscaler.providers import UpscaleProvider
+from upscaler.store import ObjectStore
+from upscaler.store.keys import validate_key
+
+#: Sides of a downscaled frame (the original's min_size/max_size) must lie in this range.
+MAX_SIDE = 16384
+CONTAINER_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "matroska": "video/x-matroska", "webm": "video/webm"}
+
+
+def default_output_key(method: str, key: str) -> str:
+    """Where the original wrote a job's output: ``<key-without-ext>-downscaled.mp4`` for a downscale, and
+    ``<stem>-upscaled.mp4`` for an upscale (with a ``-downscaled`` stem suffix removed first)."""
+    stem = str(PurePosixPath(key).with_suffix(""))
+    if method == "downscale":
+        return f"{stem}-downscaled.mp4"
+    return f"{stem.removesuffix('-downscaled')}-upscaled.mp4"
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    return VideoLimits(
+        max_bytes=settings.video_max_bytes,
+        max_seconds=settings.video_max_seconds,
+        max_frames=settings.video_max_frames,
+        max_megapixels=settings.video_max_megapixels,
+    )
+
+
+class VideoJobs:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        jobs: JobStore,
+        queue: JobQueue,
+        provider: UpscaleProvider,
+        settings: Settings,
+        bucket: Any,
+    ) -> None:
+        """``bucket`` is the image service's bucket check (default and allow-list): one rule for both."""
+        self.store, self.jobs, self.queue, self.provider = store, jobs, queue, provider
+        self.settings = settings
+        self.bucket = bucket
+        self.limits = video_limits(settings)
+
+    def upload(self, bucket: str | None, key: str, path: Path) -> dict[str, Any]:
+        """Store the video file at ``path`` as ``bucket/key`` once it is known to be a video within the limits."""
+        name, key = self.bucket(bucket), validate_key(key)
+        size = path.stat().st_size
+        self.limits.check_bytes(size)
+        info = probe(path)
+        self.limits.check(info)
+        import av
+
+        with av.open(str(path)) as container:
+            fmt = container.format.name.split(",")
+        ctype = next((CONTAINER_TYPES[f] for f in fmt if f in CONTAINER_TYPES), "application/octet-stream")
+        stored = self.store.put_file(name, key, path, metadata={}, content_type=ctype)
+        return {"bucket": name, "key": key, "bytes": size, "etag": stored.etag, "content_type": ctype, **info.to_dict()}
+
+    def submit(
+        self,
+        *,
+        method: str,
+        bucket: str | None,
+        key: str,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        scale: float | None = None,
+        max_workers: int | None = None,
+        model: str | None = None,
+        endpoint: str | None = None,
+        output_key: str | None = None,
+    ) -> Job:
+        name, key = self.bucket(bucket), validate_key(key)
+        if method not in ("downscale", "upscale"):
+            raise InvalidInput(f"method must be 'downscale' or 'upscale', got {method!r}")
+        for label, value in (("min_size", min_size), ("max_size", max_size)):
+            if value is not None and not 1 <= value <= MAX_SIDE:
+                raise InvalidInput(f"{label} must be between 1 and {MAX_SIDE}, got {value}")
+        if min_size is not None and max_size is not None and min_size > max_size:
+            raise InvalidInput(f"min_size ({min_size}) must not be larger than max_size ({max_size})")
+        if scale is not None and not 1.0 <= scale <= 8.0:
+            raise InvalidInput(f"scale must be between 1 and 8, got {scale:g}")
+        workers = self.settings.video_max_workers if max_workers is None else max_workers
+        if not 1 <= workers <= self.settings.video_max_workers:
+            raise InvalidInput(f"max_workers must be between 1 and {self.settings.video_max_workers}, got {workers}")
+        if method == "upscale":
+            self.provider.check_request(model=model, endpoint=endpoint)
+        out = validate_key(output_key) if output_key else default_output_key(method, key)
+        if out == key:
+            raise InvalidInput("the output key must differ from the source key")
+        info = self.store.head(name, key)  # NotFound (404) when the video is not there
+        self.limits.check_bytes(info.size)
+        job = Job(
+            method=method,
+            video=f"s3://{name}/{key}",
+            endpoint=endpoint,
+            model=model or (self.settings.video_default_model if method == "upscale" else None),
+            min_size=min_size,
+            max_size=max_size,
+            scale=scale,
+            max_workers=workers,
+            output_key=out,
+        )
+        return submit(self.jobs, self.queue, job)
+
+    def get(self, job_id: str) -> Job:
+        return self.jobs.get(_job_id(job_id))
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job that has not finished; the worker running it stops at its next progress report."""
+        job = self.jobs.get(_job_id(job_id))
+        if job.status in FINAL:
+            raise Conflict(f"job {job.id} is already {job.status}")
+        return self.jobs.transition(job.id, CANCELLED, error="cancelled by request")
+
+
+def _job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not (0 < len(job_id) <= 128) or not job_id.isascii() or not job_id.isprintable():
+        raise InvalidInput("id must be a job id (up to 128 printable ASCII characters)")
+    return job_id
