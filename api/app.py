@@ -12,15 +12,17 @@ import uuid
 
 from flask import Flask, Response, g, jsonify, request
 
-from api import errors, legacy, metrics, v1
+from api import errors, legacy, metrics, v1, videos
 from api.openapi import spec
 from upscaler import logs
 from upscaler.config import Settings
 from upscaler.engine import Engine
 from upscaler.errors import Unavailable, UpscalerError
+from upscaler.jobs.factory import open_job_queue, open_job_store
 from upscaler.providers import open_provider
 from upscaler.service import S3CommonUpscaler
 from upscaler.store.factory import open_store
+from upscaler.videos import VideoJobs
 
 log = logging.getLogger("api")
 
@@ -31,17 +33,31 @@ def build_service(settings: Settings) -> S3CommonUpscaler:
     return S3CommonUpscaler(store, open_provider(settings, engine), engine, settings)
 
 
+def build_videos(settings: Settings, service: S3CommonUpscaler) -> VideoJobs:
+    return VideoJobs(
+        store=service.store,
+        jobs=open_job_store(settings),
+        queue=open_job_queue(settings),
+        provider=service.provider,
+        settings=settings,
+        bucket=service.bucket,
+    )
+
+
 def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | None = None) -> Flask:
     settings = settings or Settings.from_env()
     service = service or build_service(settings)
+    video_jobs = build_videos(settings, service)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["upscaler.service"] = service
     app.extensions["upscaler.settings"] = settings
+    app.extensions["upscaler.videos"] = video_jobs
     errors.register(app)
     app.register_blueprint(legacy.bp)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(videos.bp)
     _install_hooks(app)
 
     ready = threading.Event()
@@ -62,6 +78,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
         if not ready.is_set():
             raise Unavailable(failure[-1] if failure else "model still loading", retry_after=2)
         service.store.ping(settings.default_bucket if not settings.storage.startswith("s3") else None)
+        video_jobs.jobs.ping()
         return jsonify({"status": "ready", **service.provider.describe(), "storage": settings.storage})
 
     @app.get("/metrics")

@@ -1,6 +1,8 @@
 """``upscaler``: run the service and its helpers.
 
-  upscaler serve            HTTPS on 127.0.0.1:8443 with the embedded defaults (local folder, local CPU model)
+  upscaler serve            HTTPS on 127.0.0.1:8443 with the embedded defaults (local folder, local queue, local
+                            CPU model), plus a video worker beside the API (UPSCALER_VIDEO_WORKERS, default 1)
+  upscaler worker           a video worker on its own (the scaled-out deployment: SQS, DynamoDB, S3)
   upscaler cert             make a self-signed certificate for local HTTPS
   upscaler models           list the models and where their weights come from
 
@@ -38,10 +40,18 @@ def _serve(args: argparse.Namespace) -> int:
     argv.append("api.app:create_app()")
     scheme = "http" if args.plain_http else "https"
     storage = os.environ.get("UPSCALER_STORAGE", "./data/objects")
-    print(f"serving on {scheme}://{args.host}:{args.port} (storage: {storage})", file=sys.stderr)
+    video_workers = int(os.environ.get("UPSCALER_VIDEO_WORKERS", "1"))
+    print(
+        f"serving on {scheme}://{args.host}:{args.port} (storage: {storage}; video workers beside it: {video_workers})",
+        file=sys.stderr,
+    )
     sys.stdout.flush()
-    os.execv(sys.executable, argv)  # gunicorn becomes this process: signals reach it directly
-    return 0  # pragma: no cover
+    if video_workers <= 0:
+        os.execv(sys.executable, argv)  # gunicorn becomes this process: signals reach it directly
+    from api.supervisor import Supervisor
+
+    worker = [sys.executable, "-m", "video_upscaler"]
+    return Supervisor(argv, [worker] * video_workers).run()
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -100,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     cert.add_argument("--host", action="append", default=[], help="host name or IP for the certificate (repeatable)")
     cert.add_argument("--days", type=int, default=825, help="validity in days")
     cert.set_defaults(func=_cert)
+
+    import video_upscaler.__main__ as worker_main
+
+    worker = sub.add_parser(
+        "worker",
+        help="run video jobs from the queue",
+        description=worker_main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker_main.build_parser(worker)
+    worker.set_defaults(func=worker_main.run)
 
     models = sub.add_parser("models", help="list models and their weights", description="List the models.")
     models.set_defaults(func=_models)

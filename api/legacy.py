@@ -8,6 +8,7 @@ request.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 
 from flask import Blueprint, Response, current_app, request
@@ -15,6 +16,7 @@ from flask import Blueprint, Response, current_app, request
 from api import params
 from api.responses import LEGACY_BLUEPRINT, legacy
 from upscaler.service import S3CommonUpscaler
+from upscaler.videos import VideoJobs
 
 log = logging.getLogger("api.legacy")
 bp = Blueprint(LEGACY_BLUEPRINT, __name__)
@@ -57,6 +59,54 @@ def retrieve() -> Response:
         base64.b64encode(result.data).decode("ascii"),
         **{"X-Content-Type": result.content_type, "X-Image-Size": f"{result.width}x{result.height}"},
     )
+
+
+def videos() -> VideoJobs:
+    return current_app.extensions["upscaler.videos"]
+
+
+def _size(source: dict, field: str) -> int | None:
+    value = params.number(source, field, lo=1, hi=16384, integer=True)
+    return None if value is None else int(value)
+
+
+@bp.post("/storeVideo")
+def store_video() -> Response:
+    """Downscale a video already in the bucket; ``data`` is the job id."""
+    body = params.json_body()
+    job = videos().submit(
+        method="downscale",
+        bucket=params.text(body, "s3_bucket", max_len=63),
+        key=params.text(body, "s3_key_name", required=True),  # type: ignore[arg-type]
+        min_size=_size(body, "min_size"),
+        max_size=_size(body, "max_size"),
+        output_key=params.text(body, "output_key"),
+    )
+    return legacy(job.id)
+
+
+@bp.get("/retrieveVideo")
+def retrieve_video() -> Response:
+    """Upscale a (downscaled) video in the bucket back to its original size; ``data`` is the job id."""
+    args = request.args.to_dict()
+    workers = params.number(args, "max_workers", lo=1, hi=videos().settings.video_max_workers, integer=True)
+    job = videos().submit(
+        method="upscale",
+        bucket=params.text(args, "s3_bucket", max_len=63),
+        key=params.text(args, "s3_key", required=True),  # type: ignore[arg-type]
+        endpoint=params.text(args, "endpoint", max_len=63),
+        max_workers=None if workers is None else int(workers),
+        model=params.text(args, "model", max_len=64),
+        output_key=params.text(args, "output_key"),
+    )
+    return legacy(job.id)
+
+
+@bp.get("/getVideoStatus")
+def video_status() -> Response:
+    """``data`` is a JSON *string*, as the original sent it: {"output", "status"} plus error and progress."""
+    job = videos().get(params.text(request.args.to_dict(), "id", required=True, max_len=128))  # type: ignore[arg-type]
+    return legacy(json.dumps(job.legacy_status()))
 
 
 @bp.get("/health")

@@ -97,11 +97,13 @@ class _SegmentWriter:
         self.stream.options = options
         self.time_base = time_base
 
-    def write(self, rgb: np.ndarray, pts: int) -> None:
+    def write(self, rgb: np.ndarray, pts: int, duration: int) -> None:
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
         frame.pts, frame.time_base = pts - self.start, self.time_base
+        if duration:
+            frame.duration = duration  # the packet keeps it: the last frame lasts as long as in the source
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.frames += 1
@@ -158,9 +160,11 @@ def transcode(
         boundaries = {sum(saved[:i]) + 1: i for i in range(len(saved))}  # 1-based frame number -> segment
         starts: list[int] = [0] * len(saved)  # each segment's first pts, in the source's time base
         tick = max(1, round(1 / (rate * vin.time_base))) if vin.time_base else 1
+        durations: dict[int, int] = {}  # source pts -> frame duration: MP4 segments trim their last frame's
+        end = (vin.start_time or 0) + vin.duration if vin.duration else None  # where the source's track ends
         frames = processed = repeated = 0
         writer: _SegmentWriter | None = None
-        pending: deque[tuple[Future[np.ndarray] | np.ndarray, int]] = deque()
+        pending: deque[tuple[Future[np.ndarray] | np.ndarray, int, int]] = deque()
         last_key: bytes | None = None
         last_result: Future[np.ndarray] | np.ndarray | None = None
 
@@ -177,14 +181,14 @@ def transcode(
                 checkpoints.save(index, writer.path, writer.frames)
             writer, last_key, last_result = None, None, None  # a segment never refers to another's frames
 
-        def emit(item: tuple[Future[np.ndarray] | np.ndarray, int]) -> None:
+        def emit(item: tuple[Future[np.ndarray] | np.ndarray, int, int]) -> None:
             nonlocal frames
-            result, pts = item
+            result, pts, duration = item
             arr = result.result() if isinstance(result, Future) else result
             if arr.shape[:2] != (height, width):
                 raise ValueError(f"frame function returned {arr.shape[1]}x{arr.shape[0]}, expected {width}x{height}")
             assert writer is not None
-            writer.write(arr, pts)
+            writer.write(arr, pts, duration)
             frames += 1
             if progress:
                 progress(frames, total)
@@ -199,6 +203,8 @@ def transcode(
                         pts = frame.pts if frame.pts is not None else (index - 1) * tick  # raw streams: no pts
                         if index in boundaries:
                             starts[boundaries[index]] = pts
+                        if frame.duration:
+                            durations[pts] = min(frame.duration, end - pts) if end and end > pts else frame.duration
                         if index <= resumed:  # done by an earlier run: decode past it, nothing else
                             frames += 1
                             if progress and (frames % 25 == 0 or frames == resumed):
@@ -230,14 +236,14 @@ def transcode(
                             result = pool.submit(frame_fn, rgb)
                             processed += 1
                         last_key, last_result = key, result
-                        pending.append((result, pts))
+                        pending.append((result, pts, frame.duration or 0))
                         while len(pending) > 2 * max_workers:
                             emit(pending.popleft())
                     finish_segment()
                 except av.FFmpegError as exc:
                     raise UndecodableImage(f"video cannot be decoded: {exc}") from None
                 finally:
-                    for item, _ in pending:
+                    for item, _, _ in pending:
                         if isinstance(item, Future):
                             item.cancel()
         except BaseException:
@@ -252,7 +258,7 @@ def transcode(
             assert checkpoints is not None
             checkpoints.load(i, segment_path(i))
         segments = [(segment_path(i), starts[i] * vin.time_base) for i in range(len(counts))]
-        copied, dropped = _join(src, segments, dst)
+        copied, dropped = _join(src, segments, dst, durations, vin.time_base)
     return TranscodeReport(
         frames=frames,
         processed_frames=processed,
@@ -267,10 +273,13 @@ def transcode(
     )
 
 
-def _join(src: Path, segments: list[tuple[Path, Fraction]], dst: Path) -> tuple[int, list[str]]:
-    """Write ``dst``: the segments' video packets in order, each shifted by its start (seconds), and ``src``'s audio
-    and subtitle packets copied, interleaved by decode time. Returns the number of copied (non-video) packets and
-    the streams left out."""
+def _join(
+    src: Path, segments: list[tuple[Path, Fraction]], dst: Path, durations: dict[int, int], source_tb: Fraction
+) -> tuple[int, list[str]]:
+    """Write ``dst``: the segments' video packets in order, each shifted by its start (seconds) and given its source
+    frame's duration (``durations``: source pts -> duration, in ``source_tb``), and ``src``'s audio and subtitle
+    packets copied, interleaved by decode time. Returns the number of copied (non-video) packets and the streams
+    left out."""
     import av
 
     parts = [av.open(str(p)) for p, _ in segments]
@@ -300,6 +309,9 @@ def _join(src: Path, segments: list[tuple[Path, Fraction]], dst: Path) -> tuple[
                         packet.dts += shift
                         if packet.pts is not None:
                             packet.pts += shift
+                            source_pts = packet.pts * stream.time_base / source_tb
+                            if source_pts.denominator == 1 and int(source_pts) in durations:
+                                packet.duration = round(durations[int(source_pts)] * source_tb / stream.time_base)
                         # A variable frame rate can make a segment's first dts (pts minus the B-frame delay) reach
                         # the previous segment's last: nudge it one tick, the frame's pts is unchanged.
                         if last_dts is not None and packet.dts <= last_dts:
