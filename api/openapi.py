@@ -59,9 +59,10 @@ _REASONS = {
     403: "not allowed (bucket, source host, key scope)",
     404: "no such object",
     405: "method not allowed",
-    413: "over a configured limit (bytes, megapixels)",
+    413: "over a configured limit (bytes, megapixels, seconds, frames)",
     415: "unsupported media type",
-    422: "the image cannot be decoded",
+    409: "the job has already finished",
+    422: "the image or video cannot be decoded",
     429: "too many requests in flight; retry after Retry-After",
     503: "a dependency (model, store, endpoint) is unavailable",
 }
@@ -98,6 +99,160 @@ _SOURCE_BODY = {
         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
     },
 }
+
+
+JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["Submitted", "Processing", "Completed", "Failed", "Cancelled"]},
+        "method": {"type": "string", "enum": ["downscale", "upscale"]},
+        "video": {"type": "string", "description": "s3://bucket/key of the source"},
+        "output": {"type": ["string", "null"], "description": "s3://bucket/key once Completed"},
+        "model": {"type": ["string", "null"]},
+        "endpoint": {"type": ["string", "null"]},
+        "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "frames_done": {"type": "integer"},
+        "frames_total": {"type": ["integer", "null"]},
+        "resumed_frames": {"type": "integer", "description": "frames taken from checkpoints of a killed run"},
+        "error": {"type": ["string", "null"]},
+        "attempts": {"type": "integer"},
+        "timings": {"type": "object"},
+    },
+    "required": ["id", "status", "method", "video", "output", "progress", "frames_done", "error"],
+}
+_JOB_SUBMIT = {
+    "type": "object",
+    "required": ["method", "key"],
+    "properties": {
+        "method": {"type": "string", "enum": ["downscale", "upscale"]},
+        "key": {"type": "string", "minLength": 1},
+        "bucket": {"type": "string"},
+        "min_size": {"type": "integer", "minimum": 1, "maximum": 16384},
+        "max_size": {"type": "integer", "minimum": 1, "maximum": 16384},
+        "scale": {"type": "number", "minimum": 1, "maximum": 8},
+        "max_workers": {"type": "integer", "minimum": 1},
+        "model": {"type": "string"},
+        "endpoint": {"type": "string"},
+        "output_key": {"type": "string", "description": "default: <key-without-ext>-downscaled.mp4 / -upscaled.mp4"},
+    },
+}
+_JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+
+
+def _video_paths() -> dict[str, Any]:
+    job_id_legacy = _legacy_ok({"type": "string", "description": "the job id"})
+    video_binary = {"video/*": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "/storeVideo": {
+            "post": {
+                "summary": "Downscale a video already in the bucket (legacy); data is the job id",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["s3_key_name"],
+                                "properties": {
+                                    "s3_key_name": {"type": "string"},
+                                    "s3_bucket": {"type": "string"},
+                                    "min_size": {"type": ["integer", "string"]},
+                                    "max_size": {"type": ["integer", "string"]},
+                                    "output_key": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "accepted", "content": {"application/json": {"schema": job_id_legacy}}},
+                    **_errors(True, 400, 403, 404, 413, 415, 503),
+                },
+            }
+        },
+        "/retrieveVideo": {
+            "get": {
+                "summary": "Upscale a downscaled video back to its original size (legacy); data is the job id",
+                "parameters": [
+                    {"name": "s3_key", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "s3_bucket", "in": "query", "schema": {"type": "string"}},
+                    {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
+                    {"name": "max_workers", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "model", "in": "query", "schema": {"type": "string"}},
+                    {"name": "output_key", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "accepted", "content": {"application/json": {"schema": job_id_legacy}}},
+                    **_errors(True, 400, 403, 404, 413, 503),
+                },
+            }
+        },
+        "/getVideoStatus": {
+            "get": {
+                "summary": "A video job's status (legacy); data is a JSON string {output, status, error, progress}",
+                "parameters": [{"name": "id", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "status",
+                        "content": {"application/json": {"schema": _legacy_ok({"type": "string"})}},
+                    },
+                    **_errors(True, 400, 404, 503),
+                },
+            }
+        },
+        "/v1/videos/{key}": {
+            "parameters": [_KEY, _BUCKET],
+            "put": {
+                "summary": "Upload a video (the raw file as the body); it is probed and checked against the limits",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        **video_binary,
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "responses": {
+                    "201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    **_errors(False, 400, 403, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "Download a stored video (a job's output, for instance)",
+                "responses": {
+                    "200": {"description": "the file", "content": video_binary},
+                    **_errors(False, 400, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/jobs": {
+            "post": {
+                "summary": "Submit a video job (downscale, or upscale back to the original size)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _JOB_SUBMIT}}},
+                "responses": {
+                    "202": {"description": "accepted", "content": {"application/json": {"schema": JOB}}},
+                    **_errors(False, 400, 403, 404, 413, 415, 503),
+                },
+            }
+        },
+        "/v1/jobs/{id}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "summary": "A job: status, progress, frames, output, error, timings",
+                "responses": {
+                    "200": {"description": "the job", "content": {"application/json": {"schema": JOB}}},
+                    **_errors(False, 400, 404, 503),
+                },
+            },
+            "delete": {
+                "summary": "Cancel a job that has not finished",
+                "responses": {
+                    "200": {"description": "cancelled", "content": {"application/json": {"schema": JOB}}},
+                    **_errors(False, 400, 404, 409, 503),
+                },
+            },
+        },
+    }
 
 
 def spec() -> dict[str, Any]:
@@ -260,5 +415,6 @@ def spec() -> dict[str, Any]:
             "/v1/models": {
                 "get": {"summary": "Models this service can run", "responses": {"200": {"description": "models"}}}
             },
+            **_video_paths(),
         },
     }

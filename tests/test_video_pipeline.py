@@ -229,3 +229,23 @@ def test_stop_cuts_the_segment_short_and_the_next_run_finishes(tmp_path: Path) -
     assert report.frames == 30 and report.processed_frames == 30 - report.resumed_frames
     assert video_info(tmp_path / "b.mp4")[1] == video_info(src)[1]
     assert packets(tmp_path / "b.mp4", "audio") == packets(src, "audio")
+
+
+def test_a_stream_mp4_cannot_carry_is_named_not_silently_lost(tmp_path: Path) -> None:
+    src = tmp_path / "in.mkv"
+    with av.open(str(src), "w", format="matroska") as out:
+        v = out.add_stream("libx264", rate=12)
+        v.width, v.height, v.pix_fmt = 32, 24, "yuv420p"
+        s = out.add_stream("subrip")
+        s.codec_context.subtitle_header = ASS_HEADER
+        s.time_base = Fraction(1, 1000)
+        for i in range(6):
+            for packet in v.encode(av.VideoFrame.from_ndarray(np.full((24, 32, 3), i * 30, np.uint8), format="rgb24")):
+                out.mux(packet)
+        for packet in v.encode(None):
+            out.mux(packet)
+        cue = av.Packet(b"hello")
+        cue.stream, cue.time_base, cue.pts, cue.dts, cue.duration = s, Fraction(1, 1000), 0, 0, 500
+        out.mux(cue)
+    report = transcode(src, tmp_path / "out.mp4", lambda x: x, size=(32, 24))
+    assert report.frames == 6 and report.dropped_streams == ["subtitle:srt"]
