@@ -260,3 +260,37 @@ def test_model_server_stops_cleanly_on_sigterm(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_video_upscale_job_fans_frames_out_to_the_endpoint(endpoint_url: str, tmp_path) -> None:
+    """The video worker with the SageMaker provider: frames go to the endpoint max_workers at a time."""
+    from tests.test_video_pipeline import make_clip, packets, video_info
+    from upscaler.jobs import COMPLETED, Job, SqliteJobStore, SqliteQueue, submit
+    from upscaler.store.local import LocalFolderStore
+    from video_upscaler.worker import VideoWorker
+
+    provider = _provider(endpoint_url)
+    settings = provider.settings.replace(video_segment_frames=4)
+    store = LocalFolderStore(tmp_path / "objects")
+    jobs, queue = SqliteJobStore(tmp_path / "jobs.db"), SqliteQueue(tmp_path / "queue.db")
+    worker = VideoWorker(
+        store=store, jobs=jobs, queue=queue, provider=provider, engine=Engine(settings), settings=settings
+    )
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=10, size=(48, 32))
+    store.put_file(
+        "media",
+        "small.mp4",
+        clip,
+        metadata={"original-width": "190", "original-height": "126"},
+        content_type="video/mp4",
+    )
+    job = submit(
+        jobs, queue, Job(method="upscale", video="s3://media/small.mp4", endpoint="upscaler-span", max_workers=3)
+    )
+    worker.handle(queue.receive(wait_seconds=1))
+    assert jobs.get(job.id).status == COMPLETED
+    out = tmp_path / "out.mp4"
+    store.get_file("media", "small-upscaled.mp4", out)
+    assert video_info(out)[0] == 10 and video_info(out)[2] == (190, 126)
+    assert packets(out, "audio") == packets(clip, "audio")
