@@ -93,6 +93,7 @@ def test_original_clients_store_and_retrieve_a_video(local_api: str, clip: Path,
     resp = upload(local_api, "clips/talk.mp4", clip)
     assert resp.status_code == 201, resp.text
     assert resp.json()["width"] == 96 and "audio" in resp.json()["streams"]
+    assert resp.json()["content_type"] == "video/mp4" and resp.json()["frames"] == 30
 
     resp = requests.post(
         local_api + "/storeVideo",

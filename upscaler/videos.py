@@ -70,7 +70,10 @@ class VideoJobs:
 
         with av.open(str(path)) as container:
             fmt = container.format.name.split(",")
-        ctype = next((CONTAINER_TYPES[f] for f in fmt if f in CONTAINER_TYPES), "application/octet-stream")
+        # One demuxer reads MOV and MP4 alike: the key's extension decides between them, MP4 otherwise.
+        ext = PurePosixPath(key).suffix.lower().lstrip(".")
+        kinds = [ext] if ext in fmt and ext in CONTAINER_TYPES else [k for k in CONTAINER_TYPES if k in fmt]
+        ctype = CONTAINER_TYPES[kinds[0]] if kinds else "application/octet-stream"
         stored = self.store.put_file(name, key, path, metadata={}, content_type=ctype)
         return {"bucket": name, "key": key, "bytes": size, "etag": stored.etag, "content_type": ctype, **info.to_dict()}
 
