@@ -12,7 +12,7 @@ import uuid
 
 from flask import Flask, Response, g, jsonify, request
 
-from api import errors, legacy, metrics, v1, videos
+from api import auth, errors, legacy, metrics, v1, videos
 from api.openapi import spec
 from upscaler import logs
 from upscaler.config import Settings
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     app.register_blueprint(v1.bp)
     app.register_blueprint(videos.bp)
     _install_hooks(app)
+    auth.install(app, settings)
 
     ready = threading.Event()
     failure: list[str] = []
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
 
     @app.get("/metrics")
     def metrics_route() -> Response:
-        return metrics.exposition()
+        return metrics.exposition()  # any valid key: Prometheus sends one as a bearer token
 
     @app.get("/openapi.json")
     def openapi_route() -> Response:

@@ -4,6 +4,7 @@
                             CPU model), plus a video worker beside the API (UPSCALER_VIDEO_WORKERS, default 1)
   upscaler worker           a video worker on its own (the scaled-out deployment: SQS, DynamoDB, S3)
   upscaler cert             make a self-signed certificate for local HTTPS
+  upscaler keys new         make an API key scoped to buckets/prefixes (without keys: loopback only)
   upscaler models           list the models and where their weights come from
 
 Settings come from UPSCALER_* environment variables (see upscaler/config.py); flags here cover the server only.
@@ -12,6 +13,7 @@ Settings come from UPSCALER_* environment variables (see upscaler/config.py); fl
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import tempfile
@@ -22,7 +24,38 @@ from api.tls import DEFAULT_HOSTS, make_self_signed
 DEFAULT_TLS_DIR = Path("data/tls")
 
 
+def _anonymous_check(host: str) -> str | None:
+    """None when the server may start; else why not. Without API keys the API serves loopback only."""
+    from upscaler.config import Settings
+
+    settings = Settings.from_env()
+    if settings.api_keys_file or settings.api_keys:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        print("no API keys configured: serving without authentication, on loopback only", file=sys.stderr)
+        return None
+    if settings.allow_anonymous:
+        print(
+            f"WARNING: no API keys and UPSCALER_ALLOW_ANONYMOUS set: anyone reaching {host} can use the API",
+            file=sys.stderr,
+        )
+        return None
+    return (
+        f"refusing to serve on {host} without API keys: make one with `upscaler keys new` and set "
+        "UPSCALER_API_KEYS_FILE, or bind to 127.0.0.1 (or set UPSCALER_ALLOW_ANONYMOUS=1 behind an authenticating "
+        "proxy)"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
+    refusal = _anonymous_check(args.host)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"{args.host}:{args.port}"]
     if not args.plain_http:
         cert, key = Path(args.certfile), Path(args.keyfile)
@@ -52,6 +85,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     worker = [sys.executable, "-m", "video_upscaler"]
     return Supervisor(argv, [worker] * video_workers).run()
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from upscaler.auth import add_key
+
+    access = [a.strip() for a in args.access.split(",") if a.strip()]
+    grants = [{"bucket": b, "prefix": args.prefix, "access": access} for b in args.bucket or ["*"]]
+    token = add_key(Path(args.file), args.name, grants)
+    print(token)
+    print(
+        f"key {args.name!r} added to {args.file} (only its SHA-256 is stored; this is the only time it is shown). "
+        f"Serve with UPSCALER_API_KEYS_FILE={args.file}; clients send it as 'Authorization: Bearer <key>'.",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -121,6 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker_main.build_parser(worker)
     worker.set_defaults(func=worker_main.run)
+
+    keys = sub.add_parser(
+        "keys",
+        help="manage API keys",
+        description="API keys: each is scoped to buckets and a key prefix, for reading and/or writing. The file "
+        "holds only hashes and is re-read by the running service when it changes: add a key, move the clients, "
+        "then delete the old entry from the file to rotate without a restart.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="command")
+    new = keys_sub.add_parser(
+        "new",
+        help="create a key, store its hash, print the key once",
+        description="Create a key and print it (once). Example: upscaler keys new --name archive --bucket media "
+        "--prefix archive/ --access read,write",
+    )
+    new.add_argument("--name", required=True, help="who the key is for (shown in logs and errors)")
+    new.add_argument("--file", default="data/api-keys.json", help="key file (default data/api-keys.json)")
+    new.add_argument("--bucket", action="append", help="bucket the key may use (repeatable; default: any)")
+    new.add_argument("--prefix", default="", help="object key prefix the key is limited to (default: none)")
+    new.add_argument("--access", default="read,write", help="read, write or read,write (default read,write)")
+    new.set_defaults(func=_keys_new)
 
     models = sub.add_parser("models", help="list models and their weights", description="List the models.")
     models.set_defaults(func=_models)

@@ -8,7 +8,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.responses import error
-from upscaler.errors import Busy, Unavailable, UpscalerError
+from upscaler.errors import Busy, Unauthorized, Unavailable, UpscalerError
 
 log = logging.getLogger("api")
 
@@ -37,6 +37,8 @@ def register(app: Flask) -> None:
         retry = getattr(exc, "retry_after", None)
         if isinstance(exc, (Busy, Unavailable)) and retry:
             headers["Retry-After"] = str(max(1, round(retry)))
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="media-upscaler"'
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message})
         return error(exc.message, exc.status, exc.code, headers)

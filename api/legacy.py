@@ -14,6 +14,7 @@ import logging
 from flask import Blueprint, Response, current_app, request
 
 from api import params
+from api.auth import allowed, job_allowed, video_job_allowed
 from api.responses import LEGACY_BLUEPRINT, legacy
 from upscaler.service import S3CommonUpscaler
 from upscaler.videos import VideoJobs
@@ -40,18 +41,18 @@ def store() -> Response:
     if method and method.lower() not in UPSCALE_METHODS:
         log.info("unknown upscaleMethod ignored", extra={"upscale_method": method})
     params.text(body, "endpoint", max_len=63)  # accepted for compatibility; the endpoint matters at retrieve
-    result = service().store_image(
-        data, bucket=params.text(body, "s3_bucket", max_len=63), key=key, **params.store_options(body)
-    )
+    bucket = allowed("write", params.text(body, "s3_bucket", max_len=63), key)
+    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(body))
     return legacy(result.to_dict())
 
 
 @bp.get("/retrieve")
 def retrieve() -> Response:
     args = request.args.to_dict()
+    key = params.text(args, "s3_key", required=True)
     result = service().retrieve_image(
-        bucket=params.text(args, "s3_bucket", max_len=63),
-        key=params.text(args, "s3_key", required=True),
+        bucket=allowed("read", params.text(args, "s3_bucket", max_len=63), key),
+        key=key,  # type: ignore[arg-type]
         endpoint=params.text(args, "endpoint", max_len=63),
         **params.retrieve_options(args),
     )
@@ -74,13 +75,16 @@ def _size(source: dict, field: str) -> int | None:
 def store_video() -> Response:
     """Downscale a video already in the bucket; ``data`` is the job id."""
     body = params.json_body()
+    key = params.text(body, "s3_key_name", required=True)
+    output = params.text(body, "output_key")
+    bucket = video_job_allowed(params.text(body, "s3_bucket", max_len=63), key, output, "downscale")
     job = videos().submit(
         method="downscale",
-        bucket=params.text(body, "s3_bucket", max_len=63),
-        key=params.text(body, "s3_key_name", required=True),  # type: ignore[arg-type]
+        bucket=bucket,
+        key=key,  # type: ignore[arg-type]
         min_size=_size(body, "min_size"),
         max_size=_size(body, "max_size"),
-        output_key=params.text(body, "output_key"),
+        output_key=output,
     )
     return legacy(job.id)
 
@@ -90,14 +94,16 @@ def retrieve_video() -> Response:
     """Upscale a (downscaled) video in the bucket back to its original size; ``data`` is the job id."""
     args = request.args.to_dict()
     workers = params.number(args, "max_workers", lo=1, hi=videos().settings.video_max_workers, integer=True)
+    key = params.text(args, "s3_key", required=True)
+    output = params.text(args, "output_key")
     job = videos().submit(
         method="upscale",
-        bucket=params.text(args, "s3_bucket", max_len=63),
-        key=params.text(args, "s3_key", required=True),  # type: ignore[arg-type]
+        bucket=video_job_allowed(params.text(args, "s3_bucket", max_len=63), key, output, "upscale"),
+        key=key,  # type: ignore[arg-type]
         endpoint=params.text(args, "endpoint", max_len=63),
         max_workers=None if workers is None else int(workers),
         model=params.text(args, "model", max_len=64),
-        output_key=params.text(args, "output_key"),
+        output_key=output,
     )
     return legacy(job.id)
 
@@ -105,7 +111,7 @@ def retrieve_video() -> Response:
 @bp.get("/getVideoStatus")
 def video_status() -> Response:
     """``data`` is a JSON *string*, as the original sent it: {"output", "status"} plus error and progress."""
-    job = videos().get(params.text(request.args.to_dict(), "id", required=True, max_len=128))  # type: ignore[arg-type]
+    job = job_allowed("read", videos().get(params.text(request.args.to_dict(), "id", required=True, max_len=128)))  # type: ignore[arg-type]
     return legacy(json.dumps(job.legacy_status()))
 
 

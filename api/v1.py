@@ -7,6 +7,7 @@ import base64
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from api import params
+from api.auth import allowed
 from upscaler import media, sources
 from upscaler.engine import registry
 from upscaler.errors import InvalidInput, UnsupportedMedia
@@ -34,7 +35,7 @@ def _source_bytes(body: dict) -> bytes:
     assert url is not None
     if url.startswith("s3://"):
         bucket, key = sources.parse_s3_url(url)
-        return svc.store.get(svc.bucket(bucket), key).data
+        return svc.store.get(allowed("read", bucket, key), key).data
     return sources.fetch_url(url, svc.settings, svc.settings.max_image_bytes)
 
 
@@ -52,16 +53,15 @@ def _image_headers(record: media.ImageRecord) -> dict[str, str]:
 
 @bp.put("/images/<path:key>")
 def put_image(key: str) -> Response:
+    args = request.args.to_dict()
+    bucket = allowed("write", params.text(args, "bucket", max_len=63), key)
     ctype = (request.mimetype or "").lower()
     if ctype and not ctype.startswith(UPLOAD_TYPES):
         raise UnsupportedMedia(f"upload the image bytes as the body (image/*), not {ctype}")
     data = request.get_data(cache=False)
     if not data:
         raise InvalidInput("the request body is empty: send the image bytes")
-    args = request.args.to_dict()
-    result = service().store_image(
-        data, bucket=params.text(args, "bucket", max_len=63), key=key, **params.store_options(args)
-    )
+    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(args))
     resp = jsonify(result.to_dict())
     resp.status_code = 201
     resp.headers["Location"] = f"/v1/images/{key}" + (f"?bucket={result.bucket}" if "bucket" in args else "")
@@ -72,10 +72,9 @@ def put_image(key: str) -> Response:
 def post_image(key: str) -> Response:
     """Store from a JSON body: ``{"url": "https://..." | "s3://b/k"}`` or ``{"img": base64}``, plus options."""
     body = params.json_body()
+    bucket = allowed("write", params.text(body, "bucket", max_len=63), key)
     data = _source_bytes(body)
-    result = service().store_image(
-        data, bucket=params.text(body, "bucket", max_len=63), key=key, **params.store_options(body)
-    )
+    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(body))
     resp = jsonify(result.to_dict())
     resp.status_code = 201
     return resp
@@ -84,7 +83,7 @@ def post_image(key: str) -> Response:
 @bp.route("/images/<path:key>", methods=["GET", "HEAD"])
 def get_image(key: str) -> Response:
     args = request.args.to_dict()
-    bucket = params.text(args, "bucket", max_len=63)
+    bucket = allowed("read", params.text(args, "bucket", max_len=63), key)
     if request.method == "HEAD":  # metadata only: never runs a model
         record = service().record(bucket, key)
         resp = Response(status=200, headers=_image_headers(record))
@@ -101,13 +100,14 @@ def get_image(key: str) -> Response:
 
 @bp.get("/images/<path:key>/metadata")
 def image_metadata(key: str) -> Response:
-    record = service().record(params.text(request.args.to_dict(), "bucket", max_len=63), key)
+    record = service().record(allowed("read", params.text(request.args.to_dict(), "bucket", max_len=63), key), key)
     return jsonify(record.describe())
 
 
 @bp.delete("/images/<path:key>")
 def delete_image(key: str) -> Response:
-    deleted = service().delete_image(bucket=params.text(request.args.to_dict(), "bucket", max_len=63), key=key)
+    bucket = allowed("write", params.text(request.args.to_dict(), "bucket", max_len=63), key)
+    deleted = service().delete_image(bucket=bucket, key=key)
     if not deleted:
         from upscaler.errors import NotFound
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from api import params
+from api.auth import allowed, job_allowed, video_job_allowed
 from upscaler.errors import InvalidInput, TooLarge, UnsupportedMedia
 from upscaler.videos import VideoJobs
 
@@ -33,6 +34,7 @@ def videos() -> VideoJobs:
 @bp.put("/videos/<path:key>")
 def put_video(key: str) -> Response:
     svc = videos()
+    bucket = allowed("write", params.text(request.args.to_dict(), "bucket", max_len=63), key)
     limit = svc.settings.video_max_bytes
     ctype = (request.mimetype or "").lower()
     if ctype and not ctype.startswith(UPLOAD_TYPES):
@@ -51,7 +53,7 @@ def put_video(key: str) -> Response:
                 out.write(chunk)
         if received == 0:
             raise InvalidInput("the request body is empty: send the video bytes")
-        stored = svc.upload(params.text(request.args.to_dict(), "bucket", max_len=63), key, path)
+        stored = svc.upload(bucket, key, path)
     resp = jsonify(stored)
     resp.status_code = 201
     resp.headers["Location"] = f"/v1/videos/{stored['key']}?bucket={stored['bucket']}"
@@ -61,7 +63,7 @@ def put_video(key: str) -> Response:
 @bp.get("/videos/<path:key>")
 def get_video(key: str) -> Response:
     svc = videos()
-    bucket = svc.bucket(params.text(request.args.to_dict(), "bucket", max_len=63))
+    bucket = allowed("read", params.text(request.args.to_dict(), "bucket", max_len=63), key)
     tmp = tempfile.mkdtemp(dir=svc.settings.video_scratch or None, prefix="download-")
     try:
         path = Path(tmp) / "video"
@@ -84,17 +86,20 @@ def submit_job() -> Response:
     workers = params.number(body, "max_workers", lo=1, hi=settings.video_max_workers, integer=True)
     min_size = params.number(body, "min_size", lo=1, hi=16384, integer=True)
     max_size = params.number(body, "max_size", lo=1, hi=16384, integer=True)
+    method = params.text(body, "method", required=True, max_len=16)
+    key = params.text(body, "key", required=True)
+    output = params.text(body, "output_key")
     job = videos().submit(
-        method=params.text(body, "method", required=True, max_len=16),  # type: ignore[arg-type]
-        bucket=params.text(body, "bucket", max_len=63),
-        key=params.text(body, "key", required=True),  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
+        bucket=video_job_allowed(params.text(body, "bucket", max_len=63), key, output, method or ""),
+        key=key,  # type: ignore[arg-type]
         min_size=None if min_size is None else int(min_size),
         max_size=None if max_size is None else int(max_size),
         scale=params.number(body, "scale", lo=1, hi=8),
         max_workers=None if workers is None else int(workers),
         model=params.text(body, "model", max_len=64),
         endpoint=params.text(body, "endpoint", max_len=63),
-        output_key=params.text(body, "output_key"),
+        output_key=output,
     )
     resp = jsonify(job.to_v1())
     resp.status_code = 202
@@ -104,9 +109,10 @@ def submit_job() -> Response:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    return jsonify(videos().get(job_id).to_v1())
+    return jsonify(job_allowed("read", videos().get(job_id)).to_v1())
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> Response:
+    job_allowed("write", videos().get(job_id))
     return jsonify(videos().cancel(job_id).to_v1())

@@ -103,6 +103,18 @@ class Settings:
     #: Seconds allowed for fetching a URL source.
     source_timeout: float = 10.0
 
+    # --- access and backpressure -------------------------------------------------------------------------------
+    #: JSON file of API keys (hashed) and their grants; re-read when it changes (see upscaler/auth.py).
+    api_keys_file: str = ""
+    #: The same JSON document inline (for a secret in the environment).
+    api_keys: str = ""
+    #: Serve without API keys beyond loopback (behind a proxy that authenticates). Off: no keys = loopback only.
+    allow_anonymous: bool = False
+    #: Image operations (decode + model) running at once in one API process; more wait, then get 429.
+    max_inflight: int = 4
+    #: Seconds a request waits for a free slot before it is answered 429 with Retry-After.
+    inflight_wait: float = 10.0
+
     # --- video jobs -----------------------------------------------------------------------------------------
     #: Job store: a SQLite file (the embedded default) or ``dynamodb:<table>``.
     job_store: str = "./data/jobs.db"

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from upscaler import media
+from upscaler.backpressure import WorkSlots
 from upscaler.config import Settings
 from upscaler.engine import Engine
 from upscaler.errors import Forbidden, InvalidInput
@@ -81,6 +82,7 @@ class S3CommonUpscaler:
         self.limits = media.DecodeLimits(
             max_bytes=settings.max_image_bytes, max_megapixels=settings.max_source_megapixels
         )
+        self.slots = WorkSlots(settings.max_inflight, settings.inflight_wait)
 
     # ---- checks ------------------------------------------------------------------------------------------
     def bucket(self, bucket: str | None) -> str:
@@ -121,10 +123,12 @@ class S3CommonUpscaler:
         scale, codec, quality = self._options(scale, codec, quality)
         if model is not None:
             self.engine.resolve(model, max(scale, 1.0))  # unknown model -> 400 now, not at retrieve time
-        decoded = media.decode(data, self.limits)
-        record = decoded.record
-        small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
-        blob = media.encode_stored(small, codec, quality)
+        with self.slots.take():
+            decoded = media.decode(data, self.limits)
+            record = decoded.record
+            small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
+            blob = media.encode_stored(small, codec, quality)
+            del decoded
         width, height = _dimensions(small)
         record.scale = scale
         record.stored_codec = blob.codec
@@ -169,33 +173,35 @@ class S3CommonUpscaler:
         t0 = time.perf_counter()
         obj = self.store.get(self.bucket(bucket), validate_key(key))
         record = media.ImageRecord.from_metadata(obj.metadata)
-        small = media.decode_stored(obj.data)
-        timings["read"] = time.perf_counter() - t0
         size = (record.width, record.height)
         if scale is not None:
             if not 1.0 <= float(scale) <= 16.0:
                 raise InvalidInput(f"scale must be between 1 and 16, got {scale}")
             size = (round(record.stored_width * float(scale)), round(record.stored_height * float(scale)))
-        t1 = time.perf_counter()
-        if size == _dimensions(small):
-            big = small
-        else:
-            big = self.provider.upscale(small, size=size, model=model or record.model or None, endpoint=endpoint)
-        timings["upscale"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        data, content_type = media.encode_restored(big, record, format=format, quality=quality)
-        timings["encode"] = time.perf_counter() - t2
+        with self.slots.take():
+            small = media.decode_stored(obj.data)
+            timings["read"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if size == _dimensions(small):
+                big = small
+            else:
+                big = self.provider.upscale(small, size=size, model=model or record.model or None, endpoint=endpoint)
+            timings["upscale"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            data, content_type = media.encode_restored(big, record, format=format, quality=quality)
+            timings["encode"] = time.perf_counter() - t2
         return RetrieveResult(data, content_type, record, size[0], size[1], timings)
 
     def upscale_bytes(
         self, data: bytes, *, scale: float, model: str | None = None, format: str | None = None
     ) -> tuple[bytes, str, tuple[int, int]]:
         """Upscale an image given as bytes, without storing it (the /v1/upscale route)."""
-        decoded = media.decode(data, self.limits)
-        width, height = _dimensions(decoded.pixels)
-        size = (round(width * scale), round(height * scale))
-        big = self.provider.upscale(decoded.pixels, size=size, model=model)
-        out, content_type = media.encode_restored(big, decoded.record, format=format)
+        with self.slots.take():
+            decoded = media.decode(data, self.limits)
+            width, height = _dimensions(decoded.pixels)
+            size = (round(width * scale), round(height * scale))
+            big = self.provider.upscale(decoded.pixels, size=size, model=model)
+            out, content_type = media.encode_restored(big, decoded.record, format=format)
         return out, content_type, size
 
     def delete_image(self, *, bucket: str | None, key: str) -> bool:
