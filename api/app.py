@@ -137,6 +137,15 @@ def _install_hooks(app: Flask) -> None:
             logs.request_id.reset(token)
 
     @app.after_request
+    def allow(resp: Response) -> Response:
+        # {key} may hold slashes, so one path can match two routes; OPTIONS lists the methods of the route it
+        # matched (the most specific), not the union of both that Werkzeug would give.
+        if request.method == "OPTIONS" and request.url_rule is not None and resp.status_code < 300:
+            same = [r for r in app.url_map.iter_rules() if r.rule == request.url_rule.rule]
+            resp.headers["Allow"] = ", ".join(sorted(set().union(*(r.methods or () for r in same))))
+        return resp
+
+    @app.after_request
     def count(resp: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.REQUESTS.labels(request.method, route, str(resp.status_code)).inc()

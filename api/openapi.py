@@ -7,20 +7,23 @@ from typing import Any
 from upscaler import __version__
 
 
-def _legacy_ok(data_schema: dict[str, Any]) -> dict[str, Any]:
+def _pair(first: dict[str, Any]) -> dict[str, Any]:
+    """The original's two-item body, ``[object, code]``."""
     return {
         "type": "array",
-        "description": "The original service's body: [{data}, code]; the HTTP status matches code.",
-        "prefixItems": [
-            {"type": "object", "properties": {"data": data_schema}, "required": ["data"]},
-            {"type": "integer"},
-        ],
+        "description": "The original service's body: [{data}, code] or [{error}, code]; the HTTP status matches code.",
+        "items": {"anyOf": [first, {"type": "integer"}]},
         "minItems": 2,
         "maxItems": 2,
     }
 
 
-LEGACY_ERROR = {
+def _legacy_ok(data_schema: dict[str, Any]) -> dict[str, Any]:
+    return _pair({"type": "object", "properties": {"data": data_schema}, "required": ["data"]})
+
+
+LEGACY_ERROR = _pair({"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]})
+ERROR = {
     "type": "array",
     "prefixItems": [
         {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
@@ -67,8 +70,17 @@ _REASONS = {
     503: "a dependency (model, store, endpoint) is unavailable",
 }
 
-_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-_BUCKET = {"name": "bucket", "in": "query", "schema": {"type": "string"}, "description": "default: configured"}
+#: Object keys: this pattern is a safe subset (the service also takes spaces and other Unicode; it refuses empty,
+#: "." and ".." segments, control characters, backslashes and the reserved ".upscaler-" marker).
+KEY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 1024,
+    "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)*(/[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)*)*$",
+}
+BUCKET_SCHEMA = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"}
+_KEY = {"name": "key", "in": "path", "required": True, "schema": KEY_SCHEMA}
+_BUCKET = {"name": "bucket", "in": "query", "schema": BUCKET_SCHEMA, "description": "default: configured"}
 _STORE_QUERY = [
     {"name": "scale", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 4}},
     {
@@ -143,6 +155,7 @@ _JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "str
 def _video_paths() -> dict[str, Any]:
     job_id_legacy = _legacy_ok({"type": "string", "description": "the job id"})
     video_binary = {"video/*": {"schema": {"type": "string", "format": "binary"}}}
+    any_binary = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     return {
         "/storeVideo": {
             "post": {
@@ -155,8 +168,8 @@ def _video_paths() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["s3_key_name"],
                                 "properties": {
-                                    "s3_key_name": {"type": "string"},
-                                    "s3_bucket": {"type": "string"},
+                                    "s3_key_name": KEY_SCHEMA,
+                                    "s3_bucket": BUCKET_SCHEMA,
                                     "min_size": {"type": ["integer", "string"]},
                                     "max_size": {"type": ["integer", "string"]},
                                     "output_key": {"type": "string"},
@@ -175,8 +188,8 @@ def _video_paths() -> dict[str, Any]:
             "get": {
                 "summary": "Upscale a downscaled video back to its original size (legacy); data is the job id",
                 "parameters": [
-                    {"name": "s3_key", "in": "query", "required": True, "schema": {"type": "string"}},
-                    {"name": "s3_bucket", "in": "query", "schema": {"type": "string"}},
+                    {"name": "s3_key", "in": "query", "required": True, "schema": KEY_SCHEMA},
+                    {"name": "s3_bucket", "in": "query", "schema": BUCKET_SCHEMA},
                     {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
                     {"name": "max_workers", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                     {"name": "model", "in": "query", "schema": {"type": "string"}},
@@ -220,7 +233,7 @@ def _video_paths() -> dict[str, Any]:
             "get": {
                 "summary": "Download a stored video (a job's output, for instance)",
                 "responses": {
-                    "200": {"description": "the file", "content": video_binary},
+                    "200": {"description": "the file", "content": any_binary},
                     **_errors(False, 400, 403, 404, 503),
                 },
             },
@@ -255,7 +268,30 @@ def _video_paths() -> dict[str, Any]:
     }
 
 
+LEGACY_PATHS = frozenset({"/store", "/retrieve", "/health", "/storeVideo", "/retrieveVideo", "/getVideoStatus"})
+OPEN_PATHS = frozenset({"/health", "/ready"})
+#: Every operation may answer these (input, auth, limits, overload, dependencies); listed once here.
+COMMON_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 503)
+
+
 def spec() -> dict[str, Any]:
+    """The document, with security and the common error answers filled in on every operation."""
+    doc = _document()
+    doc["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            if path in OPEN_PATHS:
+                op["security"] = []
+                continue
+            for code, answer in _errors(path in LEGACY_PATHS, *COMMON_ERRORS).items():
+                op["responses"].setdefault(code, answer)
+            op["responses"].setdefault("414", {"description": "request line over 8190 bytes (refused by gunicorn)"})
+    return doc
+
+
+def _document() -> dict[str, Any]:
     image_binary = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
     return {
         "openapi": "3.1.0",
@@ -266,7 +302,10 @@ def spec() -> dict[str, Any]:
             "Legacy routes keep the original service's [{data}, code] bodies.",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
         },
         "paths": {
             "/store": {
@@ -281,8 +320,8 @@ def spec() -> dict[str, Any]:
                                     "required": ["image", "s3_key_name"],
                                     "properties": {
                                         "image": {"type": "string", "description": "base64 file bytes"},
-                                        "s3_key_name": {"type": "string"},
-                                        "s3_bucket": {"type": "string"},
+                                        "s3_key_name": KEY_SCHEMA,
+                                        "s3_bucket": BUCKET_SCHEMA,
                                         "endpoint": {"type": "string"},
                                         "upscaleMethod": {"type": "string"},
                                         "scale": {"type": "number", "minimum": 1, "maximum": 4},
@@ -307,8 +346,8 @@ def spec() -> dict[str, Any]:
                 "get": {
                     "summary": "Upscale a stored image back to its original size and format (legacy, base64)",
                     "parameters": [
-                        {"name": "s3_key", "in": "query", "required": True, "schema": {"type": "string"}},
-                        {"name": "s3_bucket", "in": "query", "schema": {"type": "string"}},
+                        {"name": "s3_key", "in": "query", "required": True, "schema": KEY_SCHEMA},
+                        {"name": "s3_bucket", "in": "query", "schema": BUCKET_SCHEMA},
                         *_RETRIEVE_QUERY,
                     ],
                     "responses": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from api import params
 from api.auth import allowed
@@ -51,8 +52,15 @@ def _image_headers(record: media.ImageRecord) -> dict[str, str]:
     }
 
 
+def _not_metadata(key: str) -> None:
+    """``<key>/metadata`` is the metadata route (GET only): no image may be written or deleted under that name."""
+    if key == "metadata" or key.endswith("/metadata"):
+        raise MethodNotAllowed(valid_methods=["GET"], description="…/metadata is read-only (GET)")
+
+
 @bp.put("/images/<path:key>")
 def put_image(key: str) -> Response:
+    _not_metadata(key)
     args = request.args.to_dict()
     bucket = allowed("write", params.text(args, "bucket", max_len=63), key)
     ctype = (request.mimetype or "").lower()
@@ -71,6 +79,7 @@ def put_image(key: str) -> Response:
 @bp.post("/images/<path:key>")
 def post_image(key: str) -> Response:
     """Store from a JSON body: ``{"url": "https://..." | "s3://b/k"}`` or ``{"img": base64}``, plus options."""
+    _not_metadata(key)
     body = params.json_body()
     bucket = allowed("write", params.text(body, "bucket", max_len=63), key)
     data = _source_bytes(body)
@@ -106,6 +115,7 @@ def image_metadata(key: str) -> Response:
 
 @bp.delete("/images/<path:key>")
 def delete_image(key: str) -> Response:
+    _not_metadata(key)
     bucket = allowed("write", params.text(request.args.to_dict(), "bucket", max_len=63), key)
     deleted = service().delete_image(bucket=bucket, key=key)
     if not deleted:
