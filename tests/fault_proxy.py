@@ -22,12 +22,14 @@ S3_INTERNAL = (
     b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>",
     "xml",
 )
+#: Not an answer: the connection is closed with nothing sent, as when the server process dies mid-request.
+DROP = (0, b"", "none")
 DYNAMO_THROTTLED = (
     400,
     b'{"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException", "message": "slow down"}',
     "json",
 )
-TYPES = {"xml": "application/xml", "json": "application/x-amz-json-1.0"}
+TYPES = {"xml": "application/xml", "json": "application/x-amz-json-1.0", "none": ""}
 
 
 class FaultProxy:
@@ -81,6 +83,10 @@ class FaultProxy:
                 answer, stall = proxy._fault()
                 if stall:
                     time.sleep(stall)
+                if answer == DROP:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 if answer:
                     status, payload, kind = answer
                     self.send_response(status)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -18,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.fault_proxy import DYNAMO_THROTTLED, S3_INTERNAL, S3_SLOWDOWN, fault_proxy
+from tests.fault_proxy import DROP, DYNAMO_THROTTLED, S3_INTERNAL, S3_SLOWDOWN, fault_proxy
 from tests.servers import AWS_TEST_ENV, UPSCALER, api_server, free_port, moto_server, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -89,6 +90,21 @@ def test_s3_down_is_a_clear_503_and_leaves_nothing_visible(faulty) -> None:
     finally:
         s3.up()
     assert _retrieve(url, "never.jpg").status_code == 404  # the failed store left no object behind
+
+
+def test_s3_dying_mid_request_is_retried_then_a_clear_503(faulty) -> None:
+    url, s3, _ = faulty
+    s3.fail(1, DROP)  # one connection cut: retried, and the store goes through
+    assert _store(url, "dropped-once.jpg", _jpeg(3)).status_code == 200
+    s3.down(DROP)  # S3 gone for good
+    try:
+        started = time.monotonic()
+        resp = _store(url, "dropped.jpg", _jpeg(4))
+        assert resp.status_code == 503 and "S3" in resp.json()[0]["error"] and resp.headers["Retry-After"]
+        assert time.monotonic() - started < 60  # retries are bounded
+    finally:
+        s3.up()
+    assert _retrieve(url, "dropped.jpg").status_code == 404
 
 
 @pytest.mark.parametrize("passes", [0, 1, 2])
