@@ -46,6 +46,7 @@ STORE_RESULT = {
         "stored": {"type": "object"},
         "saved_percent": {"type": "number"},
         "model": {"type": "string"},
+        "decision": {"type": "object", "description": "how a quality target was met (when one was given)"},
     },
     "required": ["s3_bucket", "s3_key", "original", "stored", "saved_percent"],
 }
@@ -90,6 +91,12 @@ _STORE_QUERY = [
     },
     {"name": "quality", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {
+        "name": "target",
+        "in": "query",
+        "schema": {"type": "string", "pattern": r"^((psnr|ssim):)?[0-9]+(\.[0-9]+)?$"},
+        "description": "quality target: the smallest stored form whose retrieval meets it (psnr:35, ssim:0.95)",
+    },
 ]
 _RETRIEVE_QUERY = [
     {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["png", "jpeg", "webp", "avif", "tiff"]}},
@@ -109,6 +116,7 @@ _SOURCE_BODY = {
         "bucket": {"type": "string"},
         "codec": {"type": "string"},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+        "target": {"type": ["string", "number"]},
     },
 }
 
@@ -328,6 +336,7 @@ def _document() -> dict[str, Any]:
                                         "codec": {"type": "string"},
                                         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
                                         "model": {"type": "string"},
+                                        "target": {"type": ["string", "number"]},
                                     },
                                 }
                             }

@@ -71,6 +71,18 @@ def number(source: dict[str, Any], field: str, *, lo: float, hi: float, integer:
     return num
 
 
+def target(source: dict[str, Any]) -> str | None:
+    """A quality target: ``"psnr:35"``, ``"ssim:0.95"``, or a bare number (PSNR-Y in dB)."""
+    value = source.get("target")
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"psnr:{value}"
+    if not isinstance(value, str) or len(value) > 32:
+        raise InvalidInput("'target' must be like 'psnr:35', 'ssim:0.95' or a number of dB")
+    return value
+
+
 def store_options(source: dict[str, Any]) -> dict[str, Any]:
     """Optional store settings shared by the legacy and /v1 routes."""
     return {
@@ -78,6 +90,7 @@ def store_options(source: dict[str, Any]) -> dict[str, Any]:
         "codec": text(source, "codec", max_len=32),
         "quality": number(source, "quality", lo=1, hi=100, integer=True),
         "model": text(source, "model", max_len=64),
+        "target": target(source),
     }
 
 

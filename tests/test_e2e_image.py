@@ -272,3 +272,28 @@ def test_s3_bucket_allow_list(s3_api) -> None:
     )
     assert resp.status_code == 403 and resp.json()[1] == 403
     assert "Contents" not in s3.list_objects_v2(Bucket="other-bucket")
+
+
+def test_store_with_a_quality_target_over_http(local_api: str) -> None:
+    original = _jpeg_with_icc_and_exif()
+    resp = requests.post(
+        local_api + "/store",
+        json={"image": b64(original), "s3_key_name": "target/a.jpg", "target": 34},
+        verify=False,
+    )
+    assert resp.status_code == 200, resp.text
+    decision = resp.json()[0]["data"]["decision"]
+    assert decision["target"] == "psnr>=34" and decision["bytes"] <= len(original)
+    back = requests.get(local_api + "/retrieve", params={"s3_key": "target/a.jpg"}, verify=False).json()[0]["data"]
+    restored = Image.open(io.BytesIO(base64.b64decode(back)))
+    assert metrics.psnr(Image.open(io.BytesIO(original)), restored) >= 34
+    put = requests.put(
+        local_api + "/v1/images/target/b.jpg",
+        params={"target": "ssim:0.9"},
+        data=original,
+        headers={"Content-Type": "image/jpeg"},
+        verify=False,
+    )
+    assert put.status_code == 201 and put.json()["decision"]["target"] == "ssim>=0.9"
+    bad = requests.put(local_api + "/v1/images/target/c.jpg", params={"target": "loud"}, data=original, verify=False)
+    assert bad.status_code == 400

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from upscaler import media
 from upscaler.backpressure import WorkSlots
 from upscaler.config import Settings
-from upscaler.engine import Engine
+from upscaler.engine import Engine, downscale_size
 from upscaler.errors import Forbidden, InvalidInput
 from upscaler.providers import UpscaleProvider
+from upscaler.quality import Decision, Target, choose_form
 from upscaler.store import ObjectStore
 from upscaler.store.keys import validate_bucket, validate_key
 
@@ -30,6 +31,8 @@ class StoreResult:
     key: str
     record: media.ImageRecord
     seconds: float
+    #: How a quality target was met (see upscaler.quality.Decision.describe), when one was asked.
+    decision: dict[str, object] | None = None
 
     @property
     def saved_ratio(self) -> float:
@@ -58,6 +61,7 @@ class StoreResult:
             },
             "saved_percent": round(100.0 * self.saved_ratio, 2),
             "model": r.model,
+            **({"decision": self.decision} if self.decision else {}),
         }
 
 
@@ -115,29 +119,45 @@ class S3CommonUpscaler:
         codec: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        target: str | Target | None = None,
     ) -> StoreResult:
-        """Decode ``data``, downscale it by ``scale``, and store it under ``bucket``/``key`` with its record."""
+        """Decode ``data``, downscale it by ``scale``, and store it under ``bucket``/``key`` with its record.
+        With a quality ``target`` (``"psnr:35"``, ``"ssim:0.95"``), the scale, codec and quality are chosen per
+        image instead: the smallest form whose real retrieval meets the target (see :mod:`upscaler.quality`)."""
         start = time.perf_counter()
         bucket = self.bucket(bucket)
         key = validate_key(key)
         scale, codec, quality = self._options(scale, codec, quality)
+        goal = Target.parse(target) if isinstance(target, str) else target
         if model is not None:
             self.engine.resolve(model, max(scale, 1.0))  # unknown model -> 400 now, not at retrieve time
+        decision = None
         with self.slots.take():
             decoded = media.decode(data, self.limits)
             record = decoded.record
-            small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
-            blob = media.encode_stored(small, codec, quality)
+            record.model = model or ""
+            if goal is None:
+                small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
+                blob = media.encode_stored(small, codec, quality)
+                width, height = _dimensions(small)
+            else:
+                decision = self._choose(data, decoded.pixels, record, goal)
+                scale, quality, blob = decision.form.scale, decision.form.quality, decision.form.data
+                width, height = (
+                    (record.width, record.height) if scale == 1 else downscale_size(record.width, record.height, scale)
+                )
+                record.target, record.fidelity = str(goal), _finite(decision.form.score)
             del decoded
-        width, height = _dimensions(small)
         record.scale = scale
-        record.stored_codec = blob.codec
+        record.stored_codec = getattr(blob, "codec", "original")  # raw bytes: the original file, kept as it came
         record.stored_quality = quality
         record.stored_width, record.stored_height = width, height
-        record.stored_bytes = len(blob.data)
-        record.model = model or ""
-        self.store.put(bucket, key, blob.data, metadata=record.to_metadata(), content_type=blob.content_type)
-        result = StoreResult(bucket, key, record, time.perf_counter() - start)
+        record.stored_bytes = len(blob)
+        content_type = getattr(blob, "content_type", None) or media.content_type_for(record.format)
+        self.store.put(bucket, key, bytes(blob), metadata=record.to_metadata(), content_type=content_type)
+        result = StoreResult(
+            bucket, key, record, time.perf_counter() - start, decision.describe() if decision else None
+        )
         log.info(
             "stored",
             extra={
@@ -150,6 +170,33 @@ class S3CommonUpscaler:
             },
         )
         return result
+
+    def decide(self, data: bytes, target: str | Target, model: str | None = None) -> Decision:
+        """What :meth:`store_image` would store for ``data`` with this quality target (a dry run)."""
+        goal = Target.parse(target) if isinstance(target, str) else target
+        with self.slots.take():
+            decoded = media.decode(data, self.limits)
+            decoded.record.model = model or ""
+            return self._choose(data, decoded.pixels, decoded.record, goal)
+
+    def _choose(self, data: bytes, pixels: object, record: media.ImageRecord, goal: Target) -> Decision:
+        """Search the stored forms by running, for each candidate, the retrieval :meth:`retrieve_image` runs."""
+        smalls: dict[float, object] = {}
+        model = record.model or None
+
+        def encode(scale: float, codec: str, quality: int) -> bytes:
+            if scale not in smalls:
+                smalls[scale] = self.engine.downscale(pixels, scale) if scale > 1 else pixels
+            return media.encode_stored(smalls[scale], codec, quality)
+
+        def restore(scale: float, stored: bytes) -> object:
+            small = media.decode_stored(stored)
+            size = (record.width, record.height)
+            big = small if _dimensions(small) == size else self.provider.upscale(small, size=size, model=model)
+            restored, _ = media.encode_restored(big, record)
+            return media.decode(restored, self.limits).pixels
+
+        return choose_form(pixels, data, goal, encode, restore)  # type: ignore[arg-type]
 
     # ---- retrieve ----------------------------------------------------------------------------------------
     def record(self, bucket: str | None, key: str) -> media.ImageRecord:
@@ -178,8 +225,12 @@ class S3CommonUpscaler:
             if not 1.0 <= float(scale) <= 16.0:
                 raise InvalidInput(f"scale must be between 1 and 16, got {scale}")
             size = (round(record.stored_width * float(scale)), round(record.stored_height * float(scale)))
+        original = record.stored_codec == "original"
+        if original and format is None and quality is None and size == (record.width, record.height):
+            timings["read"] = time.perf_counter() - t0  # stored as it came: given back byte for byte
+            return RetrieveResult(obj.data, obj.content_type, record, size[0], size[1], timings)
         with self.slots.take():
-            small = media.decode_stored(obj.data)
+            small = media.decode(obj.data, self.limits).pixels if original else media.decode_stored(obj.data)
             timings["read"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             if size == _dimensions(small):
@@ -206,6 +257,10 @@ class S3CommonUpscaler:
 
     def delete_image(self, *, bucket: str | None, key: str) -> bool:
         return self.store.delete(self.bucket(bucket), validate_key(key))
+
+
+def _finite(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 4)
 
 
 def _dimensions(pixels: object) -> tuple[int, int]:

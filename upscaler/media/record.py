@@ -83,6 +83,10 @@ class ImageRecord:
     stored_height: int = 0
     stored_bytes: int = 0
     model: str = ""
+    #: The quality target the stored form was chosen for ("psnr>=35"), "" when none was asked.
+    target: str = ""
+    #: The fidelity measured at ingest after a real retrieval (PSNR-Y dB or SSIM-Y; None: exact or not measured).
+    fidelity: float | None = None
 
     # ---- serialisation ---------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, str]:

@@ -1,0 +1,97 @@
+"""Quality-targeted storage: the stored form meets the target whenever it is reachable (checked by a real
+retrieval), falls back to the original bytes when nothing smaller does, and never stores more than the original."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from upscaler import metrics
+from upscaler.config import Settings
+from upscaler.engine import Engine
+from upscaler.errors import InvalidInput
+from upscaler.providers import open_provider
+from upscaler.quality import Target
+from upscaler.service import S3CommonUpscaler
+from upscaler.store.local import LocalFolderStore
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> S3CommonUpscaler:
+    settings = Settings.from_env({}, ncnn_threads=2)
+    engine = Engine(settings)
+    return S3CommonUpscaler(
+        LocalFolderStore(tmp_path_factory.mktemp("q")), open_provider(settings, engine), engine, settings
+    )
+
+
+def _file(pixels: np.ndarray, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _images() -> dict[str, bytes]:
+    from skimage import data
+
+    y, x = np.mgrid[0:96, 0:128]
+    graphic = np.zeros((96, 128, 3), np.uint8)
+    graphic[(x // 16 + y // 16) % 2 == 0] = (200, 30, 30)
+    graphic[40:56, :] = (20, 20, 220)
+    return {
+        "photo.jpg": _file(data.astronaut()[:128, 100:228], "JPEG", quality=90),
+        "smooth.jpg": _file(data.coffee()[150:278, 200:328], "JPEG", quality=92),
+        "graphic.png": _file(graphic, "PNG"),
+    }
+
+
+@pytest.mark.parametrize("target", ["psnr:30", "psnr:35", "psnr:40", "ssim:0.93"])
+@pytest.mark.parametrize("name", ["photo.jpg", "smooth.jpg", "graphic.png"])
+def test_the_stored_form_meets_the_target_on_a_real_retrieval(service: S3CommonUpscaler, name: str, target: str):
+    original = _images()[name]
+    stored = service.store_image(original, bucket="media", key=name, target=target)
+    decision = stored.to_dict()["decision"]
+    assert stored.record.stored_bytes <= len(original)  # never more than the original
+    back = service.retrieve_image(bucket="media", key=name)
+    goal = Target.parse(target)
+    reference = Image.open(io.BytesIO(original))
+    score = goal.score(reference, Image.open(io.BytesIO(back.data)))
+    assert goal.met(score), (name, target, decision, score)
+    if decision["fidelity"] is not None:
+        assert score == pytest.approx(decision["fidelity"], abs=1e-3)  # what was measured is what comes back
+    assert service.record("media", name).target == str(goal)
+    assert decision["seconds_per_megapixel"] > 0
+    assert decision["candidates_tried"] >= 1 or decision["codec"] == "original"  # tiny graphics: nothing smaller
+
+
+def test_an_unreachable_target_keeps_the_original_bytes(service: S3CommonUpscaler) -> None:
+    original = _images()["photo.jpg"]
+    stored = service.store_image(original, bucket="media", key="exact.jpg", target="psnr:80")
+    assert stored.record.stored_codec == "original" and stored.record.stored_bytes == len(original)
+    assert stored.record.fidelity is None and stored.to_dict()["saved_percent"] == 0
+    back = service.retrieve_image(bucket="media", key="exact.jpg")
+    assert back.data == original  # byte for byte
+    as_png = service.retrieve_image(bucket="media", key="exact.jpg", format="png")
+    assert metrics.psnr(Image.open(io.BytesIO(original)), Image.open(io.BytesIO(as_png.data))) == float("inf")
+
+
+def test_a_low_target_downscales_and_saves_most_bytes(service: S3CommonUpscaler) -> None:
+    original = _images()["smooth.jpg"]
+    decision = service.decide(original, "psnr:28")
+    assert decision.form.scale > 1 and decision.form.bytes < len(original) / 4
+    assert decision.model_runs >= 1 and all(b <= len(original) for _, _, _, b, _ in decision.tried)
+
+
+def test_a_tiny_file_nothing_beats_is_stored_as_it_came(service: S3CommonUpscaler) -> None:
+    tiny = _file(np.full((8, 8, 3), 128, np.uint8), "PNG", optimize=True)
+    stored = service.store_image(tiny, bucket="media", key="tiny.png", target="psnr:30")
+    assert stored.record.stored_bytes <= len(tiny)
+
+
+@pytest.mark.parametrize("bad", ["psnr:5", "ssim:1.5", "vmaf:90", "psnr:abc", "ssim:-0.1"])
+def test_bad_targets_are_refused(service: S3CommonUpscaler, bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        service.store_image(_images()["photo.jpg"], bucket="media", key="bad.jpg", target=bad)
