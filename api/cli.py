@@ -102,6 +102,82 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_sources(source: str, limit: int | None) -> list[tuple[str, object]]:
+    """(name, loader) for each image under a folder or an ``s3://bucket/prefix``."""
+    items: list[tuple[str, object]] = []
+    if source.startswith("s3://"):
+        from upscaler.store.s3 import S3Store
+
+        bucket, _, prefix = source.removeprefix("s3://").partition("/")
+        store = S3Store(endpoint_url=os.environ.get("UPSCALER_S3_ENDPOINT_URL") or None)
+        for key in store.list(bucket, prefix):
+            items.append((f"s3://{bucket}/{key}", lambda key=key: store.get(bucket, key).data))
+    else:
+        root = Path(source)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        items = [(str(p), p.read_bytes) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return items[:limit] if limit else items
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import statistics
+
+    from upscaler.config import Settings
+    from upscaler.errors import UpscalerError
+    from upscaler.quality import Target
+
+    settings = Settings.from_env()
+    goal = Target.parse(args.target)
+    from api.app import build_service
+
+    service = build_service(settings.replace(storage=tempfile.mkdtemp(prefix="upscaler-plan-")))
+    items = _plan_sources(args.source, args.limit)
+    if not items:
+        print(f"no images under {args.source}", file=sys.stderr)
+        return 1
+    try:
+        from tqdm import tqdm
+
+        progress = tqdm(items, unit="image", file=sys.stderr, dynamic_ncols=True)
+    except ImportError:
+        progress = items
+    rows, failures = [], 0
+    for name, load in progress:
+        try:
+            data = load()  # type: ignore[operator]
+            decision = service.decide(data, goal)
+        except UpscalerError as exc:
+            failures += 1
+            print(f"{name}: {exc.message}", file=sys.stderr)
+            continue
+        d = decision.describe()
+        rows.append((name, len(data), decision))
+        if args.verbose:
+            print(f"{name}\t{len(data)}\t{d['bytes']}\tx{d['scale']:g} {d['codec']} q{d['quality']}\t{d['fidelity']}")
+    if not rows:
+        return 1
+    original = sum(n for _, n, _ in rows)
+    stored = sum(d.form.bytes for _, _, d in rows)
+    finite = [d.form.score for _, _, d in rows if d.form.score != float("inf")]
+    forms: dict[str, int] = {}
+    for _, _, d in rows:
+        label = "original" if d.form.codec == "original" else f"x{d.form.scale:g} {d.form.codec}"
+        forms[label] = forms.get(label, 0) + 1
+    mp = sum(d.megapixels for _, _, d in rows)
+    seconds = sum(d.seconds for _, _, d in rows)
+    print(f"target {goal} over {len(rows)} images ({failures} failed), dry run: nothing stored")
+    print(f"bytes: {original:,} original -> {stored:,} stored ({100 * (1 - stored / original):.1f}% saved)")
+    if finite:
+        q = statistics.quantiles(finite, n=10, method="inclusive") if len(finite) > 1 else [finite[0]] * 9
+        print(f"fidelity at ingest: min {min(finite):.3f}, p10 {q[0]:.3f}, median {statistics.median(finite):.3f}")
+    print("forms: " + ", ".join(f"{k}: {v}" for k, v in sorted(forms.items(), key=lambda kv: -kv[1])))
+    print(f"cost of deciding: {seconds / max(mp, 1e-9):.2f} s per megapixel ({seconds:.1f} s for {mp:.1f} MP)")
+    return 0
+
+
 def _cert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     make_self_signed(out / "cert.pem", out / "key.pem", tuple(args.host) or DEFAULT_HOSTS, args.days)
@@ -190,6 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--prefix", default="", help="object key prefix the key is limited to (default: none)")
     new.add_argument("--access", default="read,write", help="read, write or read,write (default read,write)")
     new.set_defaults(func=_keys_new)
+
+    plan = sub.add_parser(
+        "plan",
+        help="dry run of quality-targeted storage over a folder or an S3 prefix",
+        description="For each image under SOURCE (a folder, a file, or s3://bucket/prefix), find the smallest "
+        "stored form whose retrieval meets TARGET, as POST /store with 'target' would, without storing anything; "
+        "then print the total savings, the fidelity distribution, the forms chosen and the cost of deciding. "
+        "Example: upscaler plan psnr:35 ~/photos",
+    )
+    plan.add_argument("target", help="psnr:<dB> (Y channel), ssim:<0..1>, or a number of dB")
+    plan.add_argument("source", help="folder, image file, or s3://bucket/prefix")
+    plan.add_argument("--limit", type=int, default=None, help="at most this many images")
+    plan.add_argument("-v", "--verbose", action="store_true", help="one line per image")
+    plan.set_defaults(func=_plan)
 
     models = sub.add_parser("models", help="list models and their weights", description="List the models.")
     models.set_defaults(func=_models)

@@ -95,3 +95,17 @@ def test_a_tiny_file_nothing_beats_is_stored_as_it_came(service: S3CommonUpscale
 def test_bad_targets_are_refused(service: S3CommonUpscaler, bad: str) -> None:
     with pytest.raises(InvalidInput):
         service.store_image(_images()["photo.jpg"], bucket="media", key="bad.jpg", target=bad)
+
+
+def test_the_plan_command_is_a_dry_run_over_a_folder(tmp_path, capsys, monkeypatch) -> None:
+    from api.cli import main
+
+    monkeypatch.setenv("UPSCALER_NCNN_THREADS", "2")
+    for name, data in _images().items():
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    assert main(["plan", "psnr:33", str(tmp_path / "in"), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "over 3 images (0 failed), dry run" in out and "% saved" in out and "s per megapixel" in out
+    assert main(["plan", "psnr:33", str(tmp_path / "empty-nothing-here")]) == 1
