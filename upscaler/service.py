@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from upscaler import media
 from upscaler.backpressure import WorkSlots
@@ -171,15 +172,16 @@ class S3CommonUpscaler:
         )
         return result
 
-    def decide(self, data: bytes, target: str | Target, model: str | None = None) -> Decision:
-        """What :meth:`store_image` would store for ``data`` with this quality target (a dry run)."""
+    def decide(self, data: bytes, target: str | Target, model: str | None = None, **search: Any) -> Decision:
+        """What :meth:`store_image` would store for ``data`` with this quality target (a dry run). ``search``
+        narrows the candidates (:func:`upscaler.quality.choose_form`'s ``scales``, ``scale1_codecs``, ``ladder``)."""
         goal = Target.parse(target) if isinstance(target, str) else target
         with self.slots.take():
             decoded = media.decode(data, self.limits)
             decoded.record.model = model or ""
-            return self._choose(data, decoded.pixels, decoded.record, goal)
+            return self._choose(data, decoded.pixels, decoded.record, goal, **search)
 
-    def _choose(self, data: bytes, pixels: object, record: media.ImageRecord, goal: Target) -> Decision:
+    def _choose(self, data: bytes, pixels: object, record: media.ImageRecord, goal: Target, **search: Any) -> Decision:
         """Search the stored forms by running, for each candidate, the retrieval :meth:`retrieve_image` runs."""
         smalls: dict[float, object] = {}
         model = record.model or None
@@ -196,7 +198,7 @@ class S3CommonUpscaler:
             restored, _ = media.encode_restored(big, record)
             return media.decode(restored, self.limits).pixels
 
-        return choose_form(pixels, data, goal, encode, restore)  # type: ignore[arg-type]
+        return choose_form(pixels, data, goal, encode, restore, **search)  # type: ignore[arg-type]
 
     # ---- retrieve ----------------------------------------------------------------------------------------
     def record(self, bucket: str | None, key: str) -> media.ImageRecord:
