@@ -39,6 +39,8 @@ def register(app: Flask) -> None:
             headers["Retry-After"] = str(max(1, round(retry)))
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="media-upscaler"'
+        if exc.status == 413:  # refused before the body was read (declared size, video limits): let the client finish
+            _drain(DRAIN_CAP)
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message})
         return error(exc.message, exc.status, exc.code, headers)
