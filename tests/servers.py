@@ -45,15 +45,18 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = 
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], workdir: Path, env: dict[str, str], ready_url: str, log_name: str) -> Iterator[None]:
-    """Run ``argv`` in its own session until the block ends (SIGTERM, then SIGKILL); wait for ``ready_url``."""
+def _process(
+    argv: list[str], workdir: Path, env: dict[str, str], ready_url: str, log_name: str
+) -> Iterator[subprocess.Popen]:
+    """Run ``argv`` in its own session until the block ends (SIGTERM, then SIGKILL); wait for ``ready_url``.
+    Yields the process, for a test that stops it itself and looks at how it exited."""
     log = open(workdir / log_name, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         argv, cwd=workdir, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         wait_ready(ready_url, proc=proc)
-        yield
+        yield proc
     except BaseException:
         log.flush()
         sys.stderr.write((workdir / log_name).read_text(errors="replace")[-4000:])
