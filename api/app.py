@@ -78,7 +78,13 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     def ready_route() -> Response:
         if not ready.is_set():
             raise Unavailable(failure[-1] if failure else "model still loading", retry_after=2)
-        service.store.ping(settings.default_bucket if not settings.storage.startswith("s3") else None)
+        if not settings.storage.startswith("s3"):
+            service.store.ping(settings.default_bucket)
+        elif settings.allowed_buckets:  # HeadBucket on each: no account-wide s3:ListAllMyBuckets needed
+            for bucket in settings.allowed_buckets:
+                service.store.ping(bucket)
+        else:
+            service.store.ping(None)  # any bucket may be named: ListBuckets proves the credentials work
         video_jobs.jobs.ping()
         return jsonify({"status": "ready", **service.provider.describe(), "storage": settings.storage})
 

@@ -13,7 +13,6 @@ from aws_cdk import aws_iam as iam
 
 #: Actions that only accept ``Resource: "*"`` (no resource-level permissions in IAM), and why we grant each.
 WILDCARD_ONLY_ACTIONS: dict[str, str] = {
-    "s3:ListAllMyBuckets": "the API's /ready probe lists buckets to check S3 access when UPSCALER_STORAGE=s3://",
     "ecr:GetAuthorizationToken": "SageMaker pulls the model-server image with a registry token (account-wide)",
     "acm:ListCertificates": "the load balancer controller discovers TLS certificates by host name",
     "ec2:DescribeAccountAttributes": "load balancer controller: discovery",
@@ -55,7 +54,6 @@ _CONTROLLER_NAMES = (
 #: Why a statement (by Sid) has a wildcard in a resource; cdk_infra.nag refuses a wildcard without one.
 WILDCARD_RESOURCE_REASONS: dict[str, str] = {
     "S3Objects": "Any object key in this one bucket: keys are the service's data (images, videos, checkpoints).",
-    "S3ReadinessProbe": WILDCARD_ONLY_ACTIONS["s3:ListAllMyBuckets"] + "; the action has no resource-level form.",
     "EcrToken": WILDCARD_ONLY_ACTIONS["ecr:GetAuthorizationToken"] + "; the action has no resource-level form.",
     "EndpointLogs": "Log streams of the endpoint's own log group, named by SageMaker per instance.",
     "Discovery": "Describe/Get calls of EC2 and ELB have no resource-level permissions.",
@@ -116,11 +114,8 @@ def shared_statements(
 
 
 def api_statements(queue_arn: str) -> list[iam.PolicyStatement]:
-    """The API's own: it enqueues video jobs, and its /ready probe lists buckets."""
-    return [
-        _statement("S3ReadinessProbe", ["s3:ListAllMyBuckets"], ["*"]),
-        _statement("SqsSendJobs", ["sqs:SendMessage"], [queue_arn]),
-    ]
+    """The API's own: it enqueues video jobs. (Its /ready probe heads the allowed buckets: no ListAllMyBuckets.)"""
+    return [_statement("SqsSendJobs", ["sqs:SendMessage"], [queue_arn])]
 
 
 def worker_statements(queue_arn: str, dead_letter_queue_arn: str) -> list[iam.PolicyStatement]:

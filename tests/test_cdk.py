@@ -74,7 +74,6 @@ OUTPUTS = {
 # Actions that accept nothing but Resource "*" (no resource-level permissions in IAM), each granted on purpose.
 # Anything else with Resource "*" fails test_no_statement_grants_star_where_a_name_is_known.
 WILDCARD_ONLY = {
-    "s3:ListAllMyBuckets",  # the API's /ready probe lists buckets when UPSCALER_STORAGE=s3:// (api/app.py)
     "ecr:GetAuthorizationToken",  # SageMaker's registry login for the model-server image
     "acm:ListCertificates",  # load balancer controller: certificate discovery by host name
     # load balancer controller: discovery (Describe*/Get* of EC2 and ELB)
@@ -407,10 +406,11 @@ def test_jobs_table_is_on_demand_with_pitr_and_ttl_keyed_as_the_store_writes(syn
         },
     )
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
-    # The key the table declares is the one upscaler/jobs/store.py writes, with the same type.
-    item = DynamoJobStore._item(Job(method=METHODS[0], video="s3://bucket/video.mp4"))
-    assert set(item["id"]) == {"S"}
-    assert synth.json["Outputs"]["JobsTableTtlAttribute"]["Value"] == "expires_at"
+    # The key and the TTL attribute the table declares are the ones upscaler/jobs/store.py writes, typed alike.
+    store = DynamoJobStore("jobs", client=object())
+    item = store._item(Job(method=METHODS[0], video="s3://bucket/video.mp4", status="Completed"))
+    assert set(item["id"]) == {"S"} and set(item[DynamoJobStore.TTL_ATTRIBUTE]) == {"N"}
+    assert synth.json["Outputs"]["JobsTableTtlAttribute"]["Value"] == DynamoJobStore.TTL_ATTRIBUTE == "expires_at"
 
 
 def test_created_bucket_blocks_public_access_encrypts_and_refuses_plain_http(defaults: Synth) -> None:
@@ -511,7 +511,6 @@ def _grants(synth: Synth, role: str) -> dict[str, tuple[list[str], list[str]]]:
 def test_api_role_grants_exactly_what_the_api_calls(synth: Synth) -> None:
     assert _grants(synth, "ApiRole") == {
         **_shared_grants(synth),
-        "S3ReadinessProbe": (["s3:ListAllMyBuckets"], ["*"]),
         "SqsSendJobs": (["sqs:SendMessage"], [_arn(synth, "JobQueue", "AWS::SQS::Queue")]),
     }
 

@@ -265,6 +265,7 @@ def test_s3_store_and_retrieve(s3_api) -> None:
 
 def test_s3_bucket_allow_list(s3_api) -> None:
     url, s3 = s3_api
+    assert requests.get(url + "/ready", verify=False).status_code == 200  # HeadBucket on the allowed bucket
     resp = requests.post(
         url + "/store",
         json={"image": b64(_png_rgba()), "s3_bucket": "other-bucket", "s3_key_name": "x.png"},

@@ -100,6 +100,18 @@ def test_state_machine(backend) -> None:
         store.get("nope")
 
 
+@pytest.mark.parametrize("backend", ["aws"], indirect=True)  # TTL is DynamoDB's: SQLite rows stay until deleted
+def test_a_finished_dynamodb_row_expires_after_the_retention(backend) -> None:
+    store, _ = backend
+    job = store.create(Job(method="upscale", video="s3://b/v.mp4"))
+    raw = store.client.get_item(TableName=store.table, Key={"id": {"S": job.id}})["Item"]
+    assert "expires_at" not in raw  # a job in flight never expires
+    store.transition(job.id, PROCESSING)
+    done = store.transition(job.id, COMPLETED, output="s3://b/v-upscaled.mp4")
+    raw = store.client.get_item(TableName=store.table, Key={"id": {"S": job.id}})["Item"]
+    assert int(raw["expires_at"]["N"]) == int(done.updated_at + 30 * 86400)
+
+
 def test_failed_job_reports_its_reason(backend) -> None:
     store, _ = backend
     job = store.create(Job(method="upscale", video="s3://b/v.mp4"))

@@ -126,6 +126,8 @@ class Settings:
     #: SQS and DynamoDB endpoint overrides (moto, LocalStack); empty = AWS's.
     sqs_endpoint_url: str = ""
     dynamodb_endpoint_url: str = ""
+    #: Days a finished job's row is kept in DynamoDB (its ``expires_at`` TTL attribute); 0 = kept for ever.
+    job_retention_days: int = 30
     #: Video workers ``upscaler serve`` starts beside the API (0 = none: run ``upscaler worker`` yourself).
     video_workers: int = 1
     #: Seconds a received job stays hidden from other workers; a running job's heartbeat renews it every third.

@@ -14,7 +14,11 @@ def open_job_store(settings: Settings) -> JobStore:
         table = spec.removeprefix("dynamodb:")
         if not table:
             raise ValueError("UPSCALER_JOB_STORE=dynamodb:<table-name>")
-        return DynamoJobStore(table, endpoint_url=settings.dynamodb_endpoint_url or None)
+        return DynamoJobStore(
+            table,
+            endpoint_url=settings.dynamodb_endpoint_url or None,
+            retention_seconds=settings.job_retention_days * 86400,
+        )
     return SqliteJobStore(spec.removeprefix("sqlite:"))
 
 

@@ -117,11 +117,18 @@ class SqliteJobStore(JobStore):
 
 class DynamoJobStore(JobStore):
     """A DynamoDB table keyed by ``id`` (string). Attributes mirror :class:`Job`; transitions use
-    ``ConditionExpression`` on ``status``."""
+    ``ConditionExpression`` on ``status``. A finished job's row carries ``expires_at`` (epoch seconds,
+    ``retention_seconds`` after it finished; the table's TTL attribute) so DynamoDB deletes it in time."""
 
-    def __init__(self, table: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
+    #: The table's TTL attribute (cdk_infra enables TTL on it).
+    TTL_ATTRIBUTE = "expires_at"
+
+    def __init__(
+        self, table: str, *, endpoint_url: str | None = None, client: Any = None, retention_seconds: int = 30 * 86400
+    ) -> None:
         self.table = table
         self.endpoint_url = endpoint_url
+        self.retention_seconds = retention_seconds
         self._clients = LazyClient(
             "dynamodb",
             endpoint_url=endpoint_url,
@@ -133,9 +140,11 @@ class DynamoJobStore(JobStore):
     def client(self) -> Any:
         return self._clients.get()
 
-    @staticmethod
-    def _item(job: Job) -> dict[str, Any]:
-        return {"id": {"S": job.id}, "status": {"S": job.status}, "body": {"S": json.dumps(job.to_dict())}}
+    def _item(self, job: Job) -> dict[str, Any]:
+        item = {"id": {"S": job.id}, "status": {"S": job.status}, "body": {"S": json.dumps(job.to_dict())}}
+        if job.status in FINAL and self.retention_seconds > 0:
+            item[self.TTL_ATTRIBUTE] = {"N": str(int(job.updated_at + self.retention_seconds))}
+        return item
 
     def _call(self, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
