@@ -239,7 +239,8 @@ def test_command_starts_the_service_outside_a_container(image: str, tmp_path: Pa
         argv = replace_flag(argv, flag, value) if flag in argv else [*argv, flag, value]
     workdir = tmp_path / "app"  # WORKDIR /app
     workdir.mkdir()
-    env = {**_container_env(image, tmp_path / "root"), "UPSCALER_NCNN_THREADS": "2"}
+    # HOME is the image user's home (/app, read-only in the pods): nothing may be written there.
+    env = {**_container_env(image, tmp_path / "root"), "UPSCALER_NCNN_THREADS": "2", "HOME": str(workdir)}
     url = READY[image].format(port=port)
     with _process(argv, workdir, env, url, f"{image}.log") as proc:
         health = df.healthcheck()
@@ -251,6 +252,7 @@ def test_command_starts_the_service_outside_a_container(image: str, tmp_path: Pa
         assert result.returncode == 0, f"HEALTHCHECK failed: {result.stderr[-2000:]}"
         proc.send_signal(signal.SIGTERM)  # what `docker stop` and the kubelet send to PID 1
         assert proc.wait(timeout=40) == 0, f"{image}: exit status {proc.returncode} after SIGTERM"
+    assert not (workdir / ".gunicorn").exists(), "gunicorn's control socket is off in the images"
 
 
 def test_api_image_refuses_a_public_address_without_api_keys(tmp_path: Path) -> None:

@@ -533,7 +533,7 @@ def test_api_pod_command_serves_https_with_the_mounted_certificate_and_keys(tmp_
     tls_dir = paths[tls_mount["mountPath"]]
     make_self_signed(tls_dir / "tls.crt", tls_dir / "tls.key", ("localhost", "127.0.0.1"))  # as cert-manager names them
     config = read_env_file("config.env")
-    env: dict[str, str] = {**config}
+    env: dict[str, str] = {**dockerfile("api").env(), **config}  # the image's ENV, then the pod's
     for item in api["env"]:
         if "value" in item:
             env[item["name"]] = _moved(item["value"], paths)
