@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _photos import SHARED, table
 from PIL import Image
 
-from upscaler import media, metrics
+from testing.fidelity import restore_stored
+from upscaler import metrics
 from upscaler.config import Settings
 from upscaler.engine import Engine
 
@@ -176,33 +177,25 @@ def measure(
     rgb: bool = False,
     **options: object,
 ) -> dict[str, float]:
-    t0 = time.perf_counter()
-    blob = media.encode_stored(small, codec, quality or 100, **options)  # type: ignore[arg-type]
-    t1 = time.perf_counter()
-    back = media.decode_stored(blob)
-    t2 = time.perf_counter()
-    span = as_mode(engine.upscale(back, model="span", size=hr.size), hr.mode)
+    models = ("span",) if rgb else ("span", "bicubic")
+    restored = restore_stored(engine, hr, small, codec, quality, models=models, **options)
+    span = restored.images["span"]
     values = {
-        "bpp": 8 * len(blob) / pixels,
-        "png_pct": 100.0 * len(blob) / png,
+        "bpp": 8 * len(restored.blob) / pixels,
+        "png_pct": 100.0 * len(restored.blob) / png,
         "psnr": metrics.psnr(hr, span, scale),
         "ssim": metrics.ssim(hr, span, scale),
-        "enc_ms": 1000 * (t1 - t0),
-        "dec_ms": 1000 * (t2 - t1),
+        "enc_ms": 1000 * restored.encode_s,
+        "dec_ms": 1000 * restored.decode_s,
     }
     if rgb:
         values["psnr_rgb"] = metrics.psnr(hr, span, scale, y_channel=False)
         values["ssim_rgb"] = metrics.ssim(hr, span, scale, y_channel=False)
     else:
-        bicubic = as_mode(engine.upscale(back, model="bicubic", size=hr.size), hr.mode)
+        bicubic = restored.images["bicubic"]
         values["bic_psnr"] = metrics.psnr(hr, bicubic, scale)
         values["bic_ssim"] = metrics.ssim(hr, bicubic, scale)
     return values
-
-
-def as_mode(img: Image.Image, mode: str) -> Image.Image:
-    """The retrieved image in the original's mode, as restoration writes it (lossy WebP brings grey back as RGB)."""
-    return img if img.mode == mode else img.convert(mode)
 
 
 def summary(key: tuple[int, str, int], values: list[dict[str, float]]) -> list[object]:

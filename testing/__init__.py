@@ -1,0 +1,1 @@
+"""The quality test bench (the original's Testing/ folder, rebuilt) and the storage plan."""
