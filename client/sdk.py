@@ -139,9 +139,11 @@ class UpscalerClient:
         codec: str | None = None,
         quality: int | None = None,
         model: str | None = None,
+        target: str | None = None,
     ) -> dict[str, Any]:
-        """Downscale and store an image file's bytes; returns what was stored (sizes, codec, bytes, savings)."""
-        options = _clean({"scale": scale, "codec": codec, "quality": quality, "model": model})
+        """Downscale and store an image file's bytes; returns what was stored (sizes, codec, bytes, savings).
+        ``target`` (``"psnr:35"``, ``"ssim:0.95"``) lets the service choose the smallest form meeting it."""
+        options = _clean({"scale": scale, "codec": codec, "quality": quality, "model": model, "target": target})
         if self.api == "legacy":
             body = {"image": base64.b64encode(data).decode("ascii"), "s3_key_name": key, **options}
             if bucket:
