@@ -57,12 +57,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """A plain aligned text table (floats with 3 decimals)."""
+    from testing.report import text_table
+
+    return text_table(
+        [str(h) for h in headers], [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    )

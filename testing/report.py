@@ -1,0 +1,783 @@
+"""The test bench's results: per-image rows, the terminal summary, and a self-contained HTML report.
+
+The HTML page needs nothing but itself: plots are inline SVG drawn here, crops are PNG data URIs, the style sheet
+is inline and uses the system's fonts. Open it from the results folder, mail it, attach it to a ticket.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from testing.fidelity import PSNR_CAP, capped, same_bytes
+from upscaler import metrics
+
+#: Okabe-Ito colours (readable with every common colour-vision deficiency).
+COLORS = {"model": "#0072B2", "bicubic": "#E69F00", "full": "#009E73"}
+#: Images shown in the crops section: the ``CROPS_EACH`` worst and best by the model's PSNR-Y.
+CROPS_EACH = 2
+#: Largest crop side (original pixels); shown at twice the size, pixel for pixel.
+CROP_SIDE = 128
+#: Most images drawn in the per-image bar chart (the worst and best halves beyond it).
+MAX_BARS = 40
+
+
+@dataclass
+class ImageResult:
+    """One image of a bench run: what was stored, the scores of the three restorations, timings, or the failure.
+
+    The first three fields are the original bench's CSV columns (``testResults`` is its ``orb_sim`` as ``"NN%"``).
+    """
+
+    path: str
+    destPath: str = ""  # the original's column names
+    testResults: str = ""
+    key: str = ""
+    status: str = "ok"
+    error: str = ""
+    width: int | None = None
+    height: int | None = None
+    format: str = ""
+    original_bytes: int | None = None
+    stored_bytes: int | None = None
+    saved_percent: float | None = None
+    bpp: float | None = None
+    scale: float | None = None
+    stored_codec: str = ""
+    stored_quality: int | None = None
+    model: str = ""
+    psnr_y: float | None = None
+    ssim_y: float | None = None
+    orb_sim: float | None = None
+    bicubic_psnr_y: float | None = None
+    bicubic_ssim_y: float | None = None
+    bicubic_orb_sim: float | None = None
+    fullsize_codec: str = ""
+    fullsize_quality: int | None = None
+    fullsize_bytes: int | None = None
+    fullsize_bpp: float | None = None
+    fullsize_saved_percent: float | None = None
+    fullsize_psnr_y: float | None = None
+    fullsize_ssim_y: float | None = None
+    fullsize_orb_sim: float | None = None
+    store_s: float | None = None
+    retrieve_s: float | None = None
+    bicubic_s: float | None = None
+    #: Short name in the report (the path relative to the images' common folder); not in the CSV.
+    label: str = field(default="", repr=False)
+    #: PNG crops (label -> bytes) for the report; never written to the CSV.
+    crops: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def name(self) -> str:
+        return self.label or self.key or Path(self.path).name
+
+
+def stored_form(result: ImageResult) -> str:
+    """``x4 avif q80``; lossless codecs and the original file have no quality."""
+    if result.scale is None:
+        return ""
+    lossless = result.stored_codec in ("png", "png16", "webp-lossless", "original")
+    return f"x{result.scale:g} {result.stored_codec}" + ("" if lossless else f" q{result.stored_quality}")
+
+
+CSV_COLUMNS = [f.name for f in fields(ImageResult) if f.name not in ("crops", "label")]
+_DIGITS = {"saved_percent": 2, "bpp": 4, "fullsize_bpp": 4, "fullsize_saved_percent": 2}
+
+
+def csv_row(result: ImageResult) -> list[str]:
+    """The CSV cells of ``result``: floats rounded (4 decimals, times 3), ``inf`` kept as ``inf``, None empty."""
+    cells = []
+    for name in CSV_COLUMNS:
+        value = getattr(result, name)
+        if value is None:
+            cells.append("")
+        elif isinstance(value, float):
+            if math.isinf(value):
+                cells.append("inf")
+            elif math.isnan(value):
+                cells.append("")
+            else:
+                digits = 3 if name.endswith("_s") else _DIGITS.get(name, 4)
+                cells.append(f"{value:g}" if name == "scale" else f"{value:.{digits}f}")
+        else:
+            cells.append(str(value))
+    return cells
+
+
+# ---- statistics ----------------------------------------------------------------------------------------------
+
+
+def _values(results: Iterable[ImageResult], name: str) -> list[float]:
+    out = []
+    for r in results:
+        value = getattr(r, name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out.append(capped(value) if "psnr" in name else float(value))
+    return out
+
+
+def _stat(values: Sequence[float], how: Callable[[Sequence[float]], float]) -> float:
+    return how(values) if values else math.nan
+
+
+@dataclass
+class Summary:
+    measured: int
+    failed: int
+    rows: list[tuple[str, str, list[tuple[float, float]]]]  # (label, unit, [(mean, median) per column])
+    wins_vs_bicubic: int
+    wins_vs_full: int
+    compared_full: int
+    #: Images whose smallest full-size file is larger than what was stored (no comparison at the same bytes).
+    unreachable: int
+
+
+#: (label, unit, model field, bicubic field, full-size field); None where a column does not apply.
+SUMMARY_ROWS: list[tuple[str, str, str | None, str | None, str | None]] = [
+    ("savings", "% of the original bytes", "saved_percent", "saved_percent", "fullsize_saved_percent"),
+    ("bits per pixel", "stored bits / original pixels", "bpp", "bpp", "fullsize_bpp"),
+    ("PSNR-Y", "dB, higher is better", "psnr_y", "bicubic_psnr_y", "fullsize_psnr_y"),
+    ("SSIM-Y", "0-1, higher is better", "ssim_y", "bicubic_ssim_y", "fullsize_ssim_y"),
+    ("orb_sim", "original bench's score, 0-1", "orb_sim", "bicubic_orb_sim", "fullsize_orb_sim"),
+    ("store time", "s per image", "store_s", None, None),
+    ("retrieve time", "s per image", "retrieve_s", "bicubic_s", None),
+]
+
+
+def summarize(results: Sequence[ImageResult]) -> Summary:
+    ok = [r for r in results if r.ok]
+    rows = []
+    for label, unit, *columns in SUMMARY_ROWS:
+        cells = []
+        for name in columns:
+            values = _values(ok, name) if name else []
+            cells.append((_stat(values, statistics.fmean), _stat(values, statistics.median)))
+        rows.append((label, unit, cells))
+    full = [r for r in ok if compared(r)]
+    return Summary(
+        measured=len(ok),
+        failed=len(results) - len(ok),
+        rows=rows,
+        wins_vs_bicubic=sum(
+            1 for r in ok if r.psnr_y is not None and r.bicubic_psnr_y is not None and r.psnr_y > r.bicubic_psnr_y
+        ),
+        wins_vs_full=sum(1 for r in full if capped(r.psnr_y) > capped(r.fullsize_psnr_y)),  # type: ignore[arg-type]
+        compared_full=len(full),
+        unreachable=sum(1 for r in ok if unreachable(r)),
+    )
+
+
+def compared(r: ImageResult) -> bool:
+    """The full-size baseline was scored at (about) the same bytes as what was stored."""
+    return (
+        r.psnr_y is not None
+        and r.fullsize_psnr_y is not None
+        and r.fullsize_bytes is not None
+        and same_bytes(r.fullsize_bytes, r.stored_bytes or 0)
+    )
+
+
+def unreachable(r: ImageResult) -> bool:
+    """Even the smallest full-size file (quality 1) is larger than what was stored."""
+    return r.fullsize_bytes is not None and not same_bytes(r.fullsize_bytes, r.stored_bytes or 0)
+
+
+def unreachable_note(count: int, full: str) -> str:
+    return (
+        f"On {count} image(s) even the smallest {full} file (quality 1) is larger than what was stored, so it is "
+        "left out of that comparison: at that rate, only downscaling gets the file this small."
+    )
+
+
+def _num(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def _digits(label: str) -> int:
+    return {"bits per pixel": 3, "SSIM-Y": 4, "orb_sim": 3}.get(label, 2)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns aligned: the first to the left, the others to the right; a rule under the headers."""
+    table = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def terminal_summary(results: Sequence[ImageResult], info: dict[str, Any]) -> str:
+    """The summary printed at the end of a run (plain text)."""
+    s = summarize(results)
+    model = info.get("model_label", "model")
+    full = info.get("full_label", "full-size AVIF")
+    headers = ["", f"{model} mean", "median", "bicubic mean", "median", f"{full} mean", "median"]
+    rows = [[label] + [_num(v, _digits(label)) for cell in cells for v in cell] for label, _, cells in s.rows]
+    lines = [
+        f"Quality test bench: {s.measured} image(s) measured, {s.failed} failed; results in {info.get('out', '')}",
+        f"service {info.get('url', '')} ({info.get('api', '')} routes), stored as: {info.get('store_label', '')}",
+        "bicubic = the same stored bytes upscaled by plain bicubic (model=bicubic, same service path);",
+        f"{full} = the original re-encoded at full size at the same bytes (quality bisected), no downscale.",
+        f"PSNR-Y/SSIM-Y: BasicSR conventions (Y of BT.601, border crop = scale); PSNR inf counts as {PSNR_CAP:g} dB.",
+        "",
+    ]
+    lines.append(text_table(headers, rows))
+    if s.measured:
+        lines.append("")
+        lines.append(f"{model} beats bicubic on PSNR-Y for {s.wins_vs_bicubic} of {s.measured} image(s).")
+        if s.compared_full:
+            verdict = ": full-size re-encoding is the better use of these bytes." if not s.wins_vs_full else "."
+            lines.append(
+                f"{model} beats {full} at the same bytes on PSNR-Y for {s.wins_vs_full} of {s.compared_full} image(s)"
+                + verdict
+            )
+        if s.unreachable:
+            lines.append(unreachable_note(s.unreachable, full))
+    failures = [r for r in results if not r.ok]
+    for r in failures[:10]:
+        lines.append(f"FAILED {r.path}: {r.error}")
+    if len(failures) > 10:
+        lines.append(f"... and {len(failures) - 10} more failures (see testResults.csv)")
+    return "\n".join(lines)
+
+
+# ---- crops ---------------------------------------------------------------------------------------------------
+
+
+def detail_window(image: object, side: int) -> tuple[int, int, int]:
+    """(left, top, side) of the square window of ``image`` with the most luma detail (sum of gradients)."""
+    y = metrics.to_y(metrics.as_rgb8(image))  # type: ignore[arg-type]
+    h, w = y.shape
+    side = max(1, min(side, w, h))
+    grad = np.zeros_like(y)
+    grad[:, 1:] += np.abs(np.diff(y, axis=1))
+    grad[1:, :] += np.abs(np.diff(y, axis=0))
+    integral = np.pad(grad.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    step = max(1, side // 4)
+    best, where = -1.0, (0, 0)
+    for top in [*range(0, h - side + 1, step), h - side]:
+        for left in [*range(0, w - side + 1, step), w - side]:
+            total = (
+                integral[top + side, left + side]
+                - integral[top, left + side]
+                - integral[top + side, left]
+                + integral[top, left]
+            )
+            if total > best:
+                best, where = float(total), (left, top)
+    return where[0], where[1], side
+
+
+def crops(original: object, variants: dict[str, object], side: int = CROP_SIDE) -> dict[str, bytes]:
+    """PNG bytes of the same detailed window of ``original`` and of each variant (label -> image)."""
+    left, top, side = detail_window(original, side)
+    out = {}
+    for label, image in {"original": original, **variants}.items():
+        arr = metrics.as_rgb8(image)  # type: ignore[arg-type]
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(arr[top : top + side, left : left + side])).save(buf, "PNG")
+        out[label] = buf.getvalue()
+    return out
+
+
+class CropKeeper:
+    """Keeps the crops of the ``each`` worst and ``each`` best results (by the model's PSNR-Y) seen so far."""
+
+    def __init__(self, each: int = CROPS_EACH) -> None:
+        self.each = each
+        self.kept: list[ImageResult] = []
+
+    def offer(self, result: ImageResult) -> None:
+        if not (result.ok and result.crops and result.psnr_y is not None):
+            result.crops = {}
+            return
+        self.kept.append(result)
+        ranked = sorted(self.kept, key=lambda r: capped(r.psnr_y))  # type: ignore[arg-type]
+        keep = ranked[: self.each] + ranked[-self.each :]
+        for r in ranked:
+            if not any(r is k for k in keep):
+                r.crops = {}
+        self.kept = [r for r in ranked if r.crops]
+
+    def worst_and_best(self) -> tuple[list[ImageResult], list[ImageResult]]:
+        ranked = sorted(self.kept, key=lambda r: capped(r.psnr_y))  # type: ignore[arg-type]
+        worst = ranked[: self.each]
+        best = [r for r in reversed(ranked[-self.each :]) if not any(r is w for w in worst)]
+        return worst, best
+
+
+# ---- SVG plots -----------------------------------------------------------------------------------------------
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _range(values: list[float], pad: float = 0.06) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    lo, hi = min(finite), max(finite)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    margin = (hi - lo) * pad
+    return lo - margin, hi + margin
+
+
+def _fmt_tick(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 0.01 or value == 0 else f"{value:.3f}"
+
+
+_MARKERS = {
+    "circle": lambda x, y, c: f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{c}" fill-opacity="0.85"/>',
+    "triangle": lambda x, y, c: (
+        f'<path d="M{x:.1f},{y - 5.5:.1f} L{x + 5:.1f},{y + 3.5:.1f} L{x - 5:.1f},{y + 3.5:.1f} Z" fill="{c}" '
+        'fill-opacity="0.85"/>'
+    ),
+    "square": lambda x, y, c: (
+        f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="{c}" fill-opacity="0.85"/>'
+    ),
+}
+
+
+@dataclass
+class Series:
+    label: str
+    color: str
+    marker: str
+    points: list[tuple[float, float, str]]  # (x, y, tooltip)
+
+
+def scatter_svg(
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    title: str,
+    width: int = 580,
+    height: int = 380,
+    hline: float | None = None,
+    vline: tuple[float, str] | None = None,
+    x_log: bool = False,
+) -> str:
+    """An SVG scatter plot with axes, ticks, a legend and a tooltip per point."""
+    left, right, top, bottom = 64, 16, 40, 52
+    xs = [p[0] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points] + ([hline] if hline is not None else [])
+    tx = (lambda v: math.log10(max(v, 1e-6))) if x_log else (lambda v: v)
+    x0, x1 = _range([tx(v) for v in xs + ([vline[0]] if vline else [])])
+    y0, y1 = _range(ys)
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(v: float) -> float:
+        return left + (tx(v) - x0) / (x1 - x0) * pw
+
+    def py(v: float) -> float:
+        return top + (1 - (min(max(v, y0), y1) - y0) / (y1 - y0)) * ph
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{html.escape(title)}" class="plot">',
+        f'<text x="{left}" y="20" class="ptitle">{html.escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#bbb"/>',
+    ]
+    if x_log:
+        mantissas = (1, 2, 5) if x1 - x0 > 1 else (1, 1.5, 2, 3, 4, 5, 7)
+        xticks = [round(10**e * m, 10) for e in range(math.floor(x0), math.ceil(x1) + 1) for m in mantissas]
+        xticks = [v for v in xticks if x0 <= math.log10(v) <= x1]
+    else:
+        xticks = _ticks(x0, x1)
+    for v in xticks:
+        x = px(v)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" class="tick" text-anchor="middle">{_fmt_tick(v)}</text>')
+    for v in _ticks(y0, y1):
+        y = py(v)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{_fmt_tick(v)}</text>')
+    if hline is not None:
+        y = py(hline)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#555" stroke-width="1.5"/>')
+    if vline is not None:
+        x = px(vline[0])
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#555" stroke-dasharray="5,4"/>')
+        out.append(f'<text x="{x + 4:.1f}" y="{top + 14}" class="tick">{html.escape(vline[1])}</text>')
+    for s in series:
+        draw = _MARKERS[s.marker]
+        for x, y, tip in s.points:
+            if math.isfinite(x) and math.isfinite(y):
+                out.append(f"<g><title>{html.escape(tip)}</title>{draw(px(x), py(y), s.color)}</g>")
+    out.append(
+        f'<text x="{left + pw / 2}" y="{height - 10}" class="axis" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
+    out.append(
+        f'<text x="16" y="{top + ph / 2}" class="axis" text-anchor="middle" '
+        f'transform="rotate(-90 16 {top + ph / 2})">{html.escape(y_label)}</text>'
+    )
+    out.append(_legend([(s.label, s.color, s.marker) for s in series], left + pw, 30))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _legend(entries: Sequence[tuple[str, str, str]], right: float, y: float) -> str:
+    """A one-line legend (label, colour, marker) ending at ``right``."""
+    out, x = [], right
+    for label, color, marker in reversed(entries):
+        x -= 7 * len(label) + 24
+        out.append(_MARKERS[marker](x + 6, y, color))
+        out.append(f'<text x="{x + 14}" y="{y + 4}" class="tick">{html.escape(label)}</text>')
+    return "".join(out)
+
+
+def bars_svg(
+    groups: Sequence[tuple[str, list[tuple[str, str, float | None]], str]],
+    *,
+    x_label: str,
+    title: str,
+    width: int = 1000,
+) -> str:
+    """Horizontal grouped bars: one group per image (name, [(series, colour, value)], note on the right)."""
+    label_w, note_w, top, bottom, bar_h = 230, 170, 40, 44, 9
+    per_group = bar_h * max((len(g[1]) for g in groups), default=1) + 10
+    height = top + bottom + per_group * len(groups)
+    values = [v for _, bars, _ in groups for _, _, v in bars if v is not None and math.isfinite(v)]
+    lo, hi = _range(values, pad=0.04)
+    lo = max(0.0, math.floor(lo)) if values and min(values) >= 0 else lo
+    pw = width - label_w - note_w - 10
+
+    def px(v: float) -> float:
+        return label_w + (min(max(v, lo), hi) - lo) / (hi - lo) * pw
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{html.escape(title)}" class="plot">',
+        f'<text x="{label_w}" y="20" class="ptitle">{html.escape(title)}</text>',
+        f'<rect x="{label_w}" y="{top - 4}" width="{pw}" height="{height - top - bottom + 4}" fill="#fafafa"/>',
+    ]
+    for v in _ticks(lo, hi, 8):
+        x = px(v)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - bottom}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" class="tick" text-anchor="middle">{v:g}</text>')
+    for i, (name, bars, note) in enumerate(groups):
+        y = top + i * per_group
+        short = name if len(name) <= 34 else "…" + name[-33:]
+        mid = y + bar_h * len(bars) / 2 + 4
+        out.append(f'<text x="{label_w - 6}" y="{mid:.1f}" class="tick" text-anchor="end">{html.escape(short)}</text>')
+        for j, (series, color, value) in enumerate(bars):
+            if value is None or not math.isfinite(value):
+                continue
+            w = max(1.0, px(value) - label_w)
+            tip = f"{name} - {series}: {value:.2f}"
+            out.append(
+                f'<g><title>{html.escape(tip)}</title><rect x="{label_w}" y="{y + j * bar_h}" width="{w:.1f}" '
+                f'height="{bar_h - 1}" fill="{color}"/></g>'
+            )
+        out.append(f'<text x="{label_w + pw + 8}" y="{mid:.1f}" class="tick">{html.escape(note)}</text>')
+    if groups:
+        out.append(_legend([(label, color, "square") for label, color, _ in groups[0][1]], label_w + pw, 18))
+    out.append(
+        f'<text x="{label_w + pw / 2}" y="{height - 8}" class="axis" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# ---- the HTML page -------------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 24px 32px;
+       color: #1d1d1f; max-width: 1220px; line-height: 1.45; }
+h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 32px 0 8px; border-bottom: 2px solid #eee; }
+.meta { color: #555; font-size: 14px; } .note { background: #f3f7fb; border-left: 4px solid #0072B2;
+        padding: 10px 14px; font-size: 14px; }
+table { border-collapse: collapse; font-size: 14px; margin: 8px 0; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e6e6e6; text-align: right; }
+th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
+.unit { color: #777; font-size: 12px; } .win { color: #0b7a3b; font-weight: 600; }
+.lose { color: #b3261e; font-weight: 600; } tr.failed td { background: #fdecea; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; }
+.plot { background: white; border: 1px solid #e6e6e6; border-radius: 6px; }
+.ptitle { font-size: 15px; font-weight: 600; fill: #1d1d1f; } .tick { font-size: 11px; fill: #444; }
+.axis { font-size: 13px; fill: #222; }
+.crops { display: flex; gap: 10px; flex-wrap: wrap; margin-bottom: 18px; }
+.crops figure { margin: 0; } .crops img { width: 256px; height: 256px; image-rendering: pixelated;
+        border: 1px solid #ccc; object-fit: contain; background: #f0f0f0; }
+figcaption { font-size: 12px; color: #333; max-width: 256px; }
+.swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 4px; }
+.scroll { max-height: 520px; overflow: auto; border: 1px solid #eee; }
+.scroll th, .scroll td { white-space: nowrap; }
+.scroll td.err { text-align: left; max-width: 340px; overflow: hidden; text-overflow: ellipsis; color: #b3261e; }
+ul.failures { font-size: 14px; } ul.failures code { color: #b3261e; }
+"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _td(value: float | None, digits: int = 2) -> str:
+    return f"<td>{_num(value, digits) if value is not None else '-'}</td>"
+
+
+def _swatch(key: str) -> str:
+    return f'<span class="swatch" style="background:{COLORS[key]}"></span>'
+
+
+def _summary_table(results: Sequence[ImageResult], info: dict[str, Any]) -> str:
+    s = summarize(results)
+    model, full = html.escape(info.get("model_label", "model")), html.escape(info.get("full_label", "full-size AVIF"))
+    head = (
+        "<tr><th rowspan=2>measure</th>"
+        f"<th colspan=2>{_swatch('model')}{model}<br><span class=unit>stored form, restored by the model</span></th>"
+        f"<th colspan=2>{_swatch('bicubic')}bicubic<br><span class=unit>same stored bytes</span></th>"
+        f"<th colspan=2>{_swatch('full')}{full}<br><span class=unit>same bytes, no downscale</span></th></tr>"
+        "<tr>" + "<th>mean</th><th>median</th>" * 3 + "</tr>"
+    )
+    body = []
+    for label, unit, cells in s.rows:
+        d = _digits(label)
+        tds = "".join(f"<td>{_num(v, d)}</td>" for cell in cells for v in cell)
+        body.append(f"<tr><td>{html.escape(label)} <span class=unit>({html.escape(unit)})</span></td>{tds}</tr>")
+    verdict = []
+    if s.measured:
+        verdict.append(
+            f"<p>{model} beats bicubic on PSNR-Y for <b>{s.wins_vs_bicubic} of {s.measured}</b> image(s).</p>"
+        )
+    if s.compared_full:
+        cls = "win" if s.wins_vs_full * 2 > s.compared_full else "lose"
+        verdict.append(
+            f"<p>{model} beats {full} at the same bytes on PSNR-Y for "
+            f'<span class="{cls}">{s.wins_vs_full} of {s.compared_full}</span> image(s).'
+            + (
+                " For these images and settings, re-encoding at full size is the better use of the bytes."
+                if s.wins_vs_full * 2 <= s.compared_full
+                else ""
+            )
+            + "</p>"
+        )
+    if s.unreachable:
+        verdict.append(f"<p>{html.escape(unreachable_note(s.unreachable, full))}</p>")
+    return f"<table>{head}{''.join(body)}</table>{''.join(verdict)}"
+
+
+def _plots(results: Sequence[ImageResult], info: dict[str, Any]) -> str:
+    ok = [r for r in results if r.ok and r.psnr_y is not None]
+    model, full = info.get("model_label", "model"), info.get("full_label", "full-size AVIF")
+    series = [
+        Series(
+            model,
+            COLORS["model"],
+            "circle",
+            [(r.saved_percent or 0, capped(r.psnr_y), f"{r.name}: {model} {_num(r.psnr_y)} dB") for r in ok],
+        ),
+        Series(
+            "bicubic",
+            COLORS["bicubic"],
+            "triangle",
+            [
+                (r.saved_percent or 0, capped(r.bicubic_psnr_y), f"{r.name}: bicubic {_num(r.bicubic_psnr_y)} dB")
+                for r in ok
+                if r.bicubic_psnr_y is not None
+            ],
+        ),
+        Series(
+            full,
+            COLORS["full"],
+            "square",
+            [
+                (
+                    r.fullsize_saved_percent or 0,
+                    capped(r.fullsize_psnr_y),
+                    f"{r.name}: {full} q{r.fullsize_quality}, {r.fullsize_bytes} B, {_num(r.fullsize_psnr_y)} dB",
+                )
+                for r in ok
+                if r.fullsize_psnr_y is not None
+            ],
+        ),
+    ]
+    scatter = scatter_svg(
+        series, x_label="savings (% of the original file's bytes)", y_label="PSNR-Y (dB)", title="Savings vs. PSNR-Y"
+    )
+    gains = [
+        (r.bpp, capped(r.psnr_y) - capped(r.fullsize_psnr_y), f"{r.name}: {r.bpp:.3f} bpp")  # type: ignore[arg-type]
+        for r in ok
+        if compared(r) and r.bpp
+    ]
+    gain_plot = scatter_svg(
+        [Series(f"{model} - {full}", COLORS["model"], "circle", gains)],
+        x_label="stored bits per pixel (log scale)",
+        y_label="PSNR-Y difference (dB)",
+        title=f"Above 0: {model} wins; below: {full} wins",
+        hline=0.0,
+        vline=(0.1, "0.1 bpp"),
+        x_log=True,
+    )
+    ranked = sorted(ok, key=lambda r: capped(r.psnr_y))  # type: ignore[arg-type]
+    shown = ranked if len(ranked) <= MAX_BARS else ranked[: MAX_BARS // 2] + ranked[-MAX_BARS // 2 :]
+    groups = [
+        (
+            r.name,
+            [
+                (model, COLORS["model"], capped(r.psnr_y)),  # type: ignore[arg-type]
+                ("bicubic", COLORS["bicubic"], None if r.bicubic_psnr_y is None else capped(r.bicubic_psnr_y)),
+                (full, COLORS["full"], None if r.fullsize_psnr_y is None else capped(r.fullsize_psnr_y)),
+            ],
+            f"saved {r.saved_percent:.1f}%, {r.bpp:.3f} bpp",
+        )
+        for r in shown
+    ]
+    cut = "" if len(shown) == len(ranked) else f" ({MAX_BARS // 2} worst and {MAX_BARS // 2} best of {len(ranked)})"
+    bars = bars_svg(groups, x_label="PSNR-Y (dB)", title=f"PSNR-Y per image, worst first{cut}")
+    return f'<div class="plots">{scatter}{gain_plot}</div><div class="plots">{bars}</div>'
+
+
+def _crops_section(keeper: CropKeeper, info: dict[str, Any]) -> str:
+    worst, best = keeper.worst_and_best()
+    model, full = info.get("model_label", "model"), info.get("full_label", "full-size AVIF")
+    parts = []
+    for title, group in (("Worst", worst), ("Best", best)):
+        for r in group:
+            captions = {
+                "original": f"original ({r.width}×{r.height} {r.format}, {r.original_bytes:,} B)",
+                "bicubic": f"bicubic, same {r.stored_bytes:,} B: PSNR-Y {_num(r.bicubic_psnr_y)} dB",
+                "model": f"{model}, {r.stored_bytes:,} B: PSNR-Y {_num(r.psnr_y)} dB",
+                "full": (
+                    f"{full} q{r.fullsize_quality}, {r.fullsize_bytes or 0:,} B: PSNR-Y {_num(r.fullsize_psnr_y)} dB"
+                ),
+            }
+            figures = "".join(
+                f'<figure><img src="{_data_uri(png)}" alt="{html.escape(label)}">'
+                f"<figcaption>{html.escape(captions.get(label, label))}</figcaption></figure>"
+                for label, png in r.crops.items()
+            )
+            parts.append(
+                f"<h3>{title}: {html.escape(r.name)} <span class=unit>({r.saved_percent:.1f}% saved, "
+                f"{r.bpp:.3f} bpp, stored x{r.scale:g} {html.escape(r.stored_codec)})</span></h3>"
+                f'<div class="crops">{figures}</div>'
+            )
+    if not parts:
+        return "<p>No image was measured.</p>"
+    return (
+        "<p>The same window (the most detailed part of the original), shown at twice its size pixel for pixel.</p>"
+        + "".join(parts)
+    )
+
+
+def _images_table(results: Sequence[ImageResult]) -> str:
+    head = (
+        "<tr><th>image</th><th>original B</th><th>stored B</th><th>saved %</th><th>bpp</th><th>stored as</th>"
+        "<th>PSNR-Y SR</th><th>PSNR-Y bicubic</th><th>PSNR-Y full</th><th>SSIM-Y SR</th><th>SSIM-Y full</th>"
+        "<th>orb_sim</th><th>store s</th><th>retrieve s</th><th>error</th></tr>"
+    )
+    rows = []
+    for r in results:
+        cls = "" if r.ok else ' class="failed"'
+        stored_as = stored_form(r)
+        rows.append(
+            f"<tr{cls}><td>{html.escape(r.name)}</td>"
+            + _td(r.original_bytes, 0)
+            + _td(r.stored_bytes, 0)
+            + _td(r.saved_percent, 1)
+            + _td(r.bpp, 3)
+            + f"<td>{html.escape(stored_as)}</td>"
+            + _td(r.psnr_y)
+            + _td(r.bicubic_psnr_y)
+            + _td(r.fullsize_psnr_y)
+            + _td(r.ssim_y, 4)
+            + _td(r.fullsize_ssim_y, 4)
+            + _td(r.orb_sim, 3)
+            + _td(r.store_s, 3)
+            + _td(r.retrieve_s, 3)
+            + f'<td class="err" title="{html.escape(r.error)}">{html.escape(r.error)}</td></tr>'
+        )
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+
+
+def _failures(results: Sequence[ImageResult]) -> str:
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return ""
+    items = "".join(f"<li>{html.escape(r.path)}: <code>{html.escape(r.error)}</code></li>" for r in failed)
+    return (
+        f"<h2>Failures ({len(failed)})</h2><p>Recorded per image; the run went on. Stage, then the reason:</p>"
+        f'<ul class="failures">{items}</ul>'
+    )
+
+
+def write_html(path: Path, results: Sequence[ImageResult], keeper: CropKeeper, info: dict[str, Any]) -> Path:
+    """Write the self-contained report page to ``path``."""
+    s = summarize(results)
+    model, full = html.escape(info.get("model_label", "model")), html.escape(info.get("full_label", "full-size AVIF"))
+    meta = (
+        f"{s.measured} image(s) measured, {s.failed} failed · {html.escape(info.get('started', ''))} · "
+        f"{html.escape(info.get('url', ''))} ({html.escape(info.get('api', ''))} routes) · "
+        f"stored as: {html.escape(info.get('store_label', ''))} · {info.get('workers', 1)} worker(s), "
+        f"{info.get('seconds', 0):.1f} s"
+    )
+    how_to_read = (
+        f"<p><b>How to read the baseline columns.</b> <b>{model}</b> is what the service gives back: the image "
+        "was stored downscaled and restored by super-resolution. <b>bicubic</b> is the <i>same stored bytes</i> "
+        "restored by plain bicubic interpolation through the same service path (<code>model=bicubic</code>): the "
+        f"gap between the two is what the model adds. <b>{full}</b> is the original re-encoded <i>at full size</i> "
+        "with AVIF, its quality bisected so the file weighs the same bytes as what we stored: if it scores higher, "
+        "spending those bytes on a full-size AVIF would have kept more of the image than downscale + "
+        "super-resolution. Above about 0.1 bits per pixel that is usually the case, and this page says so.</p>"
+        "<p>PSNR-Y and SSIM-Y follow BasicSR's conventions: the luma of BT.601 (MATLAB <code>rgb2ycbcr</code>), in "
+        f"float64, with a border of <i>scale</i> pixels cropped. An identical image has PSNR ∞, counted as "
+        f"{PSNR_CAP:g} dB in means and plots. <code>orb_sim</code> is the original test bench's score (share of ORB "
+        "keypoint matches with Hamming distance under 50): a similarity hint, not a fidelity metric. Savings and "
+        "bits per pixel compare the stored bytes with the original file (bpp = stored bytes × 8 / original "
+        "pixels). Every score is taken on the file a user gets back, in the original's format.</p>"
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Quality test bench - {html.escape(info.get("started", ""))}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Quality test bench</h1>
+<p class="meta">{meta}</p>
+<div class="note">{how_to_read}</div>
+<h2>Summary</h2>
+{_summary_table(results, info)}
+{_failures(results)}
+<h2>Plots</h2>
+<p>Hover a point or bar for the image and its values.</p>
+{_plots(results, info)}
+<h2>Side by side: worst and best images</h2>
+{_crops_section(keeper, info)}
+<h2>Every image</h2>
+{_images_table(results)}
+<p class="meta">Files: <code>testResults.csv</code> (first columns as the original bench: path, destPath,
+testResults = orb_sim as a percentage), the restored images beside this page.</p>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
