@@ -17,17 +17,9 @@ from PIL import Image
 
 from client import JobFailed, UpscalerClient, UpscalerError
 from client.cli import main as cli
-from tests.servers import api_server
 from tests.test_video_pipeline import make_clip, packets, video_info
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    work = tmp_path_factory.mktemp("client-api")
-    with api_server(work, {"UPSCALER_VIDEO_SEGMENT_FRAMES": "8", "UPSCALER_VIDEO_PRESET": "veryfast"}) as url:
-        yield url.replace("127.0.0.1", "localhost"), work / "data" / "tls" / "cert.pem"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +32,8 @@ def jpeg() -> bytes:
 
 
 @pytest.mark.parametrize("api", ["v1", "legacy"])
-def test_images_round_trip_with_tls_verified(service: tuple[str, Path], jpeg: bytes, api: str) -> None:
-    url, cert = service
+def test_images_round_trip_with_tls_verified(tls_service: tuple[str, Path], jpeg: bytes, api: str) -> None:
+    url, cert = tls_service
     client = UpscalerClient(url, ca_bundle=cert, api=api)
     stored = client.store(jpeg, f"{api}/coffee.jpg", "media", scale=2)
     assert stored["original"]["width"] == 128 and stored["saved_percent"] > 0
@@ -56,8 +48,8 @@ def test_images_round_trip_with_tls_verified(service: tuple[str, Path], jpeg: by
     assert missing.value.status == 404 and missing.value.message
 
 
-def test_tls_is_verified_by_default(service: tuple[str, Path]) -> None:
-    url, _ = service
+def test_tls_is_verified_by_default(tls_service: tuple[str, Path]) -> None:
+    url, _ = tls_service
     with pytest.raises(UpscalerError) as failed:
         UpscalerClient(url).request("GET", "/health")
     assert failed.value.status == 0 and "ca_bundle" in failed.value.message
@@ -67,8 +59,8 @@ def test_tls_is_verified_by_default(service: tuple[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("api", ["v1", "legacy"])
-def test_video_jobs_with_progress(service: tuple[str, Path], tmp_path: Path, api: str) -> None:
-    url, cert = service
+def test_video_jobs_with_progress(tls_service: tuple[str, Path], tmp_path: Path, api: str) -> None:
+    url, cert = tls_service
     client = UpscalerClient(url, ca_bundle=cert, api=api)
     clip = tmp_path / "clip.mp4"
     make_clip(clip, frames=16, size=(64, 48))
@@ -88,8 +80,8 @@ def test_video_jobs_with_progress(service: tuple[str, Path], tmp_path: Path, api
     assert refused.value.status == 422
 
 
-def test_cli_store_retrieve_and_video(service: tuple[str, Path], tmp_path: Path, jpeg: bytes, capsys) -> None:
-    url, cert = service
+def test_cli_store_retrieve_and_video(tls_service: tuple[str, Path], tmp_path: Path, jpeg: bytes, capsys) -> None:
+    url, cert = tls_service
     common = ["--url", url, "--ca-bundle", str(cert)]
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg)
