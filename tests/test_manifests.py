@@ -374,21 +374,24 @@ def test_worker_grace_period_covers_saving_a_checkpoint() -> None:
     assert grace >= max(needed, wait + 10), f"grace {grace} s < {needed} s"
 
 
-def test_worker_scratch_is_bounded_and_used() -> None:
-    deployment = one("Deployment", "upscaler-video-worker")
+@pytest.mark.parametrize("name", ["upscaler-api", "upscaler-video-worker"])
+def test_video_scratch_is_bounded_and_used(name: str) -> None:
+    """The worker keeps a job's files in UPSCALER_VIDEO_SCRATCH; the API passes video uploads and downloads through
+    it. Each pod mounts it on a size-limited emptyDir that holds at least the largest source twice over."""
+    deployment = one("Deployment", name)
     spec = deployment["spec"]["template"]["spec"]
-    worker = container(deployment)
-    env = {e["name"]: e.get("value") for e in worker["env"]}
-    mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+    c = container(deployment)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    scratch = next(name for name, path in mounts.items() if path == env["UPSCALER_VIDEO_SCRATCH"])
+    scratch = next(volume for volume, path in mounts.items() if path == env["UPSCALER_VIDEO_SCRATCH"])
     limit = _bytes(volumes[scratch]["emptyDir"]["sizeLimit"])
-    # The source (up to video_max_bytes) and at least as much again for segments and output.
     assert limit >= 2 * settings_for(deployment).video_max_bytes
-    assert _bytes(worker["resources"]["limits"]["ephemeral-storage"]) >= sum(
+    assert _bytes(c["resources"]["limits"]["ephemeral-storage"]) >= sum(
         _bytes(v["emptyDir"]["sizeLimit"]) for v in volumes.values() if "emptyDir" in v
     )
-    assert env["UPSCALER_VIDEO_SCRATCH"] == dockerfile("worker").env()["UPSCALER_VIDEO_SCRATCH"]
+    if name == "upscaler-video-worker":
+        assert env["UPSCALER_VIDEO_SCRATCH"] == dockerfile("worker").env()["UPSCALER_VIDEO_SCRATCH"]
 
 
 def _bytes(quantity: str) -> int:
