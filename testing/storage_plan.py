@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if only:
         print(
             f"* {len(only)} case(s) at or below {max(r.bpp for r in only):.3f} bpp: even the smallest {full_label} "
-            "file (quality 1) is larger than the stored form, so only downscaling reaches that rate (not counted "
-            "in the comparisons above)."
+            "file (quality 1) is larger than the stored form, so only downscaling reaches that rate. They are left "
+            "out of the comparisons: in rows marked *, the full AVIF columns and SR - full are means over the other "
+            "images only."
         )
     if args.csv:
         write_csv(Path(args.csv), named)
