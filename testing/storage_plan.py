@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"* {len(only)} case(s) at or below {max(r.bpp for r in only):.3f} bpp: even the smallest {full_label} "
             "file (quality 1) is larger than the stored form, so only downscaling reaches that rate. They are left "
-            "out of the comparisons: in rows marked *, the full AVIF columns and SR - full are means over the other "
-            "images only."
+            f"out of the comparisons: in rows marked *, the {full_label} columns and SR - full are means over the "
+            "other images only."
         )
     if args.csv:
         write_csv(Path(args.csv), named)
