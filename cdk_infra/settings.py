@@ -132,6 +132,7 @@ class DeploySettings:
     nat_gateways: int = 2
     alb_controller_chart_version: str = "3.2.2"
     cert_manager_chart_version: str = "v1.19.1"
+    keda_chart_version: str = "2.18.0"
     #: Deliveries of a job before SQS moves it to the DLQ (the worker's UPSCALER_VIDEO_MAX_RECEIVES should match).
     max_receive_count: int = 3
     #: Default visibility timeout of the job queue, seconds (the worker sets its own per receive and heartbeats).
@@ -197,6 +198,7 @@ class DeploySettings:
         read("natGateways", "nat_gateways", lambda v: _as_int(v, 1, 2))
         read("albControllerChartVersion", "alb_controller_chart_version", _matching(_TAG, "chart version"))
         read("certManagerChartVersion", "cert_manager_chart_version", _matching(_TAG, "chart version"))
+        read("kedaChartVersion", "keda_chart_version", _matching(_TAG, "chart version"))
         read("maxReceiveCount", "max_receive_count", lambda v: _as_int(v, 1, 1000))
         read("queueVisibilitySeconds", "queue_visibility_seconds", lambda v: _as_int(v, 0, 43_200))
         read("createSagemakerEndpoint", "create_sagemaker_endpoint", _as_bool)

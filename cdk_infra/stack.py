@@ -41,6 +41,7 @@ from cdk_infra.settings import (
 
 ALB_CONTROLLER_CHART_REPOSITORY = "https://aws.github.io/eks-charts"
 CERT_MANAGER_CHART_REPOSITORY = "https://charts.jetstack.io"
+KEDA_CHART_REPOSITORY = "https://kedacore.github.io/charts"
 CLUSTER_LOG_TYPES = [
     eks.ClusterLoggingTypes.API,
     eks.ClusterLoggingTypes.AUDIT,
@@ -323,7 +324,8 @@ class MediaUpscalerStack(Stack):
 
     def _cluster_addons(self) -> None:
         """cert-manager, then the AWS Load Balancer Controller (its webhook would otherwise intercept the Services
-        cert-manager creates before it can answer). Both charts are pulled by the kubectl handler at deploy time."""
+        cert-manager creates before it can answer), and KEDA, whose operator reads the job queue's depth with its
+        own IRSA role to scale the video workers. The charts are pulled by the kubectl handler at deploy time."""
         s = self.settings
         cert_manager = self.cluster.add_helm_chart(
             "CertManager",
@@ -365,6 +367,22 @@ class MediaUpscalerStack(Stack):
         )
         controller.node.add_dependency(self.nodegroup)
         controller.node.add_dependency(cert_manager)
+        keda = self.cluster.add_helm_chart(
+            "Keda",
+            chart="keda",
+            repository=KEDA_CHART_REPOSITORY,
+            version=s.keda_chart_version,
+            release="keda",
+            namespace=KEDA_NAMESPACE,
+            create_namespace=True,
+            wait=True,
+            timeout=Duration.minutes(15),
+            values={
+                "serviceAccount": {"operator": {"name": KEDA_SERVICE_ACCOUNT}},
+                "podIdentity": {"aws": {"irsa": {"enabled": True, "roleArn": self.keda_role.role_arn}}},
+            },
+        )
+        keda.node.add_dependency(controller)  # its webhook Service too must wait for the controller's webhook
 
     # --- SageMaker (optional) -----------------------------------------------------------------------------------
 

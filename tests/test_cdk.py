@@ -338,7 +338,7 @@ def test_managed_node_group_matches_the_image_architecture(defaults: Synth, vari
 def test_cluster_addons_are_charts_installed_at_deploy_time(synth: Synth) -> None:
     charts = synth.resources("Custom::AWSCDK-EKS-HelmChart")
     by_chart = {c["Properties"]["Chart"]: (k, c["Properties"]) for k, c in charts.items()}
-    assert set(by_chart) == {"cert-manager", "aws-load-balancer-controller"}
+    assert set(by_chart) == {"cert-manager", "aws-load-balancer-controller", "keda"}
     cert_id, cert = by_chart["cert-manager"]
     assert cert["Repository"] == "https://charts.jetstack.io" and cert["Version"] == "v1.19.1"
     assert json.loads(cert["Values"]) == {"crds": {"enabled": True}}
@@ -352,6 +352,13 @@ def test_cluster_addons_are_charts_installed_at_deploy_time(synth: Synth) -> Non
     assert '"enableShield":false,"enableWaf":false,"enableWafv2":false' in values
     # cert-manager first: the controller's Service webhook would otherwise reject cert-manager's Services.
     assert cert_id in synth.json["Resources"][alb_id]["DependsOn"]
+    keda_id, keda = by_chart["keda"]
+    assert keda["Repository"] == "https://kedacore.github.io/charts" and keda["Namespace"] == "keda"
+    keda_values = flatten_cfn_reference(keda["Values"])
+    keda_role = synth.logical_id("KedaOperatorRole", "AWS::IAM::Role")
+    assert f'"irsa":{{"enabled":true,"roleArn":"<{keda_role}.Arn>"' in keda_values
+    assert '"operator":{"name":"keda-operator"' in keda_values
+    assert alb_id in synth.json["Resources"][keda_id]["DependsOn"]
     # Nothing in the stack points at a policy document or manifest on the internet.
     text = json.dumps(synth.json)
     assert "raw.githubusercontent.com" not in text and "iam_policy.json" not in text
