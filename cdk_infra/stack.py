@@ -324,32 +324,25 @@ class MediaUpscalerStack(Stack):
 
     def _cluster_addons(self) -> None:
         """cert-manager, then the AWS Load Balancer Controller (its webhook would otherwise intercept the Services
-        cert-manager creates before it can answer), and KEDA, whose operator reads the job queue's depth with its
+        cert-manager creates before it can answer), then KEDA, whose operator reads the job queue's depth with its
         own IRSA role to scale the video workers. The charts are pulled by the kubectl handler at deploy time."""
         s = self.settings
-        cert_manager = self.cluster.add_helm_chart(
+        cert_manager = self._chart(
             "CertManager",
-            chart="cert-manager",
-            repository=CERT_MANAGER_CHART_REPOSITORY,
-            version=s.cert_manager_chart_version,
-            release="cert-manager",
-            namespace="cert-manager",
-            create_namespace=True,
-            wait=True,
-            timeout=Duration.minutes(15),
-            values={"crds": {"enabled": True}},
+            "cert-manager",
+            CERT_MANAGER_CHART_REPOSITORY,
+            s.cert_manager_chart_version,
+            "cert-manager",
+            {"crds": {"enabled": True}},
+            after=self.nodegroup,
         )
-        cert_manager.node.add_dependency(self.nodegroup)
-        controller = self.cluster.add_helm_chart(
+        controller = self._chart(
             "AwsLoadBalancerController",
-            chart="aws-load-balancer-controller",
-            repository=ALB_CONTROLLER_CHART_REPOSITORY,
-            version=s.alb_controller_chart_version,
-            release="aws-load-balancer-controller",
-            namespace=LB_CONTROLLER_NAMESPACE,
-            wait=True,
-            timeout=Duration.minutes(15),
-            values={
+            "aws-load-balancer-controller",
+            ALB_CONTROLLER_CHART_REPOSITORY,
+            s.alb_controller_chart_version,
+            LB_CONTROLLER_NAMESPACE,
+            {
                 "clusterName": self.cluster.cluster_name,
                 # Given, so the controller never asks the instance metadata service.
                 "region": self.region,
@@ -364,25 +357,47 @@ class MediaUpscalerStack(Stack):
                 "enableWaf": False,
                 "enableWafv2": False,
             },
+            after=cert_manager,
         )
-        controller.node.add_dependency(self.nodegroup)
-        controller.node.add_dependency(cert_manager)
-        keda = self.cluster.add_helm_chart(
+        self._chart(
             "Keda",
-            chart="keda",
-            repository=KEDA_CHART_REPOSITORY,
-            version=s.keda_chart_version,
-            release="keda",
-            namespace=KEDA_NAMESPACE,
-            create_namespace=True,
-            wait=True,
-            timeout=Duration.minutes(15),
-            values={
+            "keda",
+            KEDA_CHART_REPOSITORY,
+            s.keda_chart_version,
+            KEDA_NAMESPACE,
+            {
                 "serviceAccount": {"operator": {"name": KEDA_SERVICE_ACCOUNT}},
                 "podIdentity": {"aws": {"irsa": {"enabled": True, "roleArn": self.keda_role.role_arn}}},
             },
+            after=controller,  # its webhook Service too must wait for the controller's webhook
         )
-        keda.node.add_dependency(controller)  # its webhook Service too must wait for the controller's webhook
+
+    def _chart(
+        self,
+        construct_id: str,
+        chart: str,
+        repository: str,
+        version: str,
+        namespace: str,
+        values: dict,
+        *,
+        after: Construct,
+    ) -> Construct:
+        """One Helm release named after its chart, installed (and waited for) once ``after`` is in place."""
+        release = self.cluster.add_helm_chart(
+            construct_id,
+            chart=chart,
+            repository=repository,
+            version=version,
+            release=chart,
+            namespace=namespace,
+            create_namespace=True,
+            wait=True,
+            timeout=Duration.minutes(15),
+            values=values,
+        )
+        release.node.add_dependency(self.nodegroup, after)
+        return release
 
     # --- SageMaker (optional) -----------------------------------------------------------------------------------
 
