@@ -459,6 +459,12 @@ def test_truncated_files_are_refused(fmt: str) -> None:
         media.decode(data[: len(data) * 2 // 3], LIMITS)
 
 
+def test_a_broken_header_is_explained_without_python_internals() -> None:
+    with pytest.raises(UndecodableImage) as info:
+        media.decode(b"\xff\xd8\xff\xe0" + b"\x00" * 200, LIMITS)  # JPEG magic, then nothing
+    assert "corrupt or truncated" in info.value.message and "object at 0x" not in info.value.message
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
 def test_corrupt_bytes_never_escape_as_pillow_errors(fmt: str) -> None:
     data = _encode(_photo().quantize(32) if fmt == "GIF" else _photo(), fmt)

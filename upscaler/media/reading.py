@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,7 +138,8 @@ def _open(data: bytes, fmt: str, limits: DecodeLimits) -> Image.Image:
     except MemoryError:
         raise TooLarge("the image is too large to decode") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for broken headers
-        raise UndecodableImage(f"the {fmt} file cannot be read (corrupt or truncated header): {exc}") from None
+        reason = re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its in-memory file
+        raise UndecodableImage(f"the {fmt} file cannot be read (corrupt or truncated header): {reason}") from None
 
 
 @contextmanager
