@@ -546,9 +546,9 @@ def test_api_pod_command_serves_https_with_the_mounted_certificate_and_keys(tmp_
         Path(env["UPSCALER_API_KEYS_FILE"]), "probe-test", [{"bucket": "*", "prefix": "", "access": ["read"]}]
     )
     port = free_port()
-    argv = host_argv([dockerfile("api").command()[0], *api["args"]])
-    argv = replace_flag(replace_flag(argv, "--host", "127.0.0.1"), "--port", str(port))
-    argv = [_moved(a, paths) for a in argv]
+    args = replace_flag(replace_flag(api["args"], "--host", "127.0.0.1"), "--port", str(port))
+    # Only the pod's own args name pod paths: the host's executable may itself live under /tmp (a CI clone).
+    argv = host_argv([dockerfile("api").command()[0], *(_moved(a, paths) for a in args)])
     with moto_server() as endpoint:
         creds = {k.lower(): v for k, v in AWS_TEST_ENV.items() if k != "AWS_DEFAULT_REGION"}
         region = config["AWS_REGION"]
