@@ -26,7 +26,7 @@ from typing import Any
 from client.sdk import DEFAULT_URL, JobFailed, UpscalerClient, UpscalerError
 
 
-def _client(args: argparse.Namespace) -> UpscalerClient:
+def client_from_args(args: argparse.Namespace) -> UpscalerClient:
     return UpscalerClient(
         args.url,
         token=args.token,
@@ -44,7 +44,7 @@ def _print(obj: Any) -> None:
 
 def _store(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    result = _client(args).store(
+    result = client_from_args(args).store(
         path.read_bytes(),
         args.key or path.name,
         args.bucket,
@@ -58,7 +58,7 @@ def _store(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> int:
-    data = _client(args).retrieve(
+    data = client_from_args(args).retrieve(
         args.key, args.bucket, endpoint=args.endpoint, model=args.model, format=args.format, quality=args.quality
     )
     out = Path(args.output or Path(args.key).name)
@@ -68,12 +68,12 @@ def _retrieve(args: argparse.Namespace) -> int:
 
 
 def _metadata(args: argparse.Namespace) -> int:
-    _print(_client(args).metadata(args.key, args.bucket))
+    _print(client_from_args(args).metadata(args.key, args.bucket))
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    _client(args).delete(args.key, args.bucket)
+    client_from_args(args).delete(args.key, args.bucket)
     print(f"deleted {args.key}", file=sys.stderr)
     return 0
 
@@ -103,12 +103,12 @@ def _wait(client: UpscalerClient, job_id: str, timeout: float | None) -> int:
 
 
 def _video_upload(args: argparse.Namespace) -> int:
-    _print(_client(args).upload_video(args.file, args.key or Path(args.file).name, args.bucket))
+    _print(client_from_args(args).upload_video(args.file, args.key or Path(args.file).name, args.bucket))
     return 0
 
 
 def _video_submit(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_from_args(args)
     if args.method == "downscale":
         job_id = client.store_video(args.key, args.bucket, min_size=args.min_size, max_size=args.max_size)
     else:
@@ -120,21 +120,21 @@ def _video_submit(args: argparse.Namespace) -> int:
 
 
 def _video_status(args: argparse.Namespace) -> int:
-    _print(_client(args).video_status(args.job_id))
+    _print(client_from_args(args).video_status(args.job_id))
     return 0
 
 
 def _video_wait(args: argparse.Namespace) -> int:
-    return _wait(_client(args), args.job_id, args.timeout_job)
+    return _wait(client_from_args(args), args.job_id, args.timeout_job)
 
 
 def _video_cancel(args: argparse.Namespace) -> int:
-    _print(_client(args).cancel_video(args.job_id))
+    _print(client_from_args(args).cancel_video(args.job_id))
     return 0
 
 
 def _video_download(args: argparse.Namespace) -> int:
-    out = _client(args).download_video(args.key, args.output or Path(args.key).name, args.bucket)
+    out = client_from_args(args).download_video(args.key, args.output or Path(args.key).name, args.bucket)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

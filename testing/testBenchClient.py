@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from client.cli import _client  # the SDK client from --url/--token/--ca-bundle/--insecure/--timeout/--retries/--api
+from client.cli import client_from_args  # the SDK client from the same flags as upscaler-client
 from client.sdk import DEFAULT_URL, UpscalerClient
 from client.sdk import UpscalerError as ClientError
 from testing import fidelity, report
@@ -139,7 +139,7 @@ class Bench:
     def client(self) -> UpscalerClient:
         """One client (and HTTP session) per worker thread."""
         if not hasattr(self._local, "client"):
-            self._local.client = _client(self.args)
+            self._local.client = client_from_args(self.args)
         return self._local.client
 
     def measure(self, item: Item) -> ImageResult:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"error: no images listed in {args.csv}", file=sys.stderr)
         return 2
-    probe = _client(args)
+    probe = client_from_args(args)
     try:
         probe.request("GET", "/health")
     except ClientError as exc:
