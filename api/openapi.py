@@ -94,8 +94,9 @@ _STORE_QUERY = [
     {
         "name": "target",
         "in": "query",
-        "schema": {"type": "string", "pattern": r"^((psnr|ssim):)?[0-9]+(\.[0-9]+)?$"},
-        "description": "quality target: the smallest stored form whose retrieval meets it (psnr:35, ssim:0.95)",
+        "schema": {"type": "string", "pattern": r"^((psnr|ssim):)?[0-9]+(\.[0-9]+)?(:(fast|exact))?$"},
+        "description": "quality target: the smallest stored form whose retrieval meets it (psnr:35, ssim:0.95); "
+        "append :fast to search with bicubic and verify the choice with the model once (psnr:35:fast)",
     },
 ]
 _RETRIEVE_QUERY = [

@@ -48,7 +48,7 @@ def _images() -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("target", ["psnr:30", "psnr:35", "psnr:40", "ssim:0.93"])
+@pytest.mark.parametrize("target", ["psnr:30", "psnr:35", "psnr:40", "ssim:0.93", "psnr:30:fast", "psnr:35:fast"])
 @pytest.mark.parametrize("name", ["photo.jpg", "smooth.jpg", "graphic.png"])
 def test_the_stored_form_meets_the_target_on_a_real_retrieval(service: S3CommonUpscaler, name: str, target: str):
     original = _images()[name]
@@ -91,7 +91,37 @@ def test_a_tiny_file_nothing_beats_is_stored_as_it_came(service: S3CommonUpscale
     assert stored.record.stored_bytes <= len(tiny)
 
 
-@pytest.mark.parametrize("bad", ["psnr:5", "ssim:1.5", "vmaf:90", "psnr:abc", "ssim:-0.1"])
+def test_the_fast_search_runs_the_model_once_and_costs_at_most_a_little_more(service: S3CommonUpscaler) -> None:
+    original = _images()["smooth.jpg"]
+    exact = service.decide(original, "psnr:28")
+    fast = service.decide(original, "psnr:28:fast")
+    assert fast.target.met(fast.form.score) and fast.model_runs == 1 < exact.model_runs
+    assert exact.form.bytes <= fast.form.bytes <= len(original)
+    assert fast.describe()["search"] == "fast" and str(fast.target) == "psnr>=28 (fast)"
+
+
+def test_a_fast_guess_the_model_misses_sends_the_exact_search_on() -> None:
+    """A proxy more optimistic than the real retrieval: its form fails the check, and the exact search decides."""
+    from upscaler.quality import choose_form
+
+    original = np.zeros((32, 32, 3), np.uint8)
+    goal = Target("psnr", 30, "fast")
+
+    def encode(scale: float, codec: str, quality: int) -> bytes:
+        return bytes(int(1000 / scale) + quality)  # lower scale and quality: fewer bytes
+
+    def proxy(scale: float, data: bytes) -> np.ndarray:
+        return original  # the proxy believes every form is perfect
+
+    def real(scale: float, data: bytes) -> np.ndarray:
+        return original if scale == 1 else np.full_like(original, 40)  # only full size truly meets 30 dB
+
+    decision = choose_form(original, bytes(5000), goal, encode, real, proxy=proxy)
+    assert decision.form.scale == 1 and decision.target.met(decision.form.score)
+    assert decision.model_runs >= 2  # the failed check, then the exact search's own runs
+
+
+@pytest.mark.parametrize("bad", ["psnr:5", "ssim:1.5", "vmaf:90", "psnr:abc", "ssim:-0.1", "psnr:35:slow"])
 def test_bad_targets_are_refused(service: S3CommonUpscaler, bad: str) -> None:
     with pytest.raises(InvalidInput):
         service.store_image(_images()["photo.jpg"], bucket="media", key="bad.jpg", target=bad)

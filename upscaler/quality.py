@@ -18,6 +18,12 @@ The search does not try every combination:
   ``benchmarks/bench_codecs.py``); at scale 1 no model runs, so WebP and JPEG are bisected too.
 
 PSNR and SSIM are measured on Y (BT.601), over the whole image (no border crop: the user gets the whole image).
+
+A cheaper search, ``fast`` (a target like ``"psnr:35:fast"``), runs the same search with plain bicubic in place of
+the model — a fidelity the model almost always exceeds, at a tiny fraction of its cost — then runs the real
+retrieval once on the form it found. If that meets the target (the usual case) it is kept; if not, the exact search
+runs after all. So the stored form always meets the target; it may only weigh more than the exact search's, since
+bicubic undersells what the model restores. ``benchmarks/bench_quality.py`` measures both, bytes and seconds.
 """
 
 from __future__ import annotations
@@ -34,28 +40,39 @@ from upscaler.metrics import psnr, ssim
 #: Qualities tried, low to high (bisected).
 LADDER = (20, 30, 40, 50, 60, 70, 80, 88, 94, 98)
 METRICS = ("psnr", "ssim")
+SEARCHES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
 class Target:
     metric: str  # "psnr" (dB, Y) or "ssim" (Y)
     value: float
+    search: str = "exact"  # or "fast": searched with bicubic, the chosen form verified with the model
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise InvalidInput(f"the quality target's metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.search not in SEARCHES:
+            raise InvalidInput(f"the quality target's search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         lo, hi = (10.0, 100.0) if self.metric == "psnr" else (0.0, 1.0)
         if not (isinstance(self.value, int | float) and math.isfinite(self.value) and lo <= self.value <= hi):
             raise InvalidInput(f"a {self.metric} target must be between {lo:g} and {hi:g}, got {self.value!r}")
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """``"psnr:35"``, ``"35"`` (dB), ``"ssim:0.95"``."""
-        metric, _, value = text.strip().lower().rpartition(":")
+        """``"psnr:35"``, ``"35"`` (dB), ``"ssim:0.95"``, each optionally followed by ``:fast`` or ``:exact``."""
+        spec = text.strip().lower()
+        search = "exact"
+        head, _, tail = spec.rpartition(":")
+        if tail in SEARCHES:
+            spec, search = head, tail
+        metric, _, value = spec.rpartition(":")
         try:
-            return cls(metric or "psnr", float(value))
+            return cls(metric or "psnr", float(value), search)
         except ValueError:
-            raise InvalidInput(f"a quality target is like 'psnr:35' or 'ssim:0.95', got {text!r}") from None
+            raise InvalidInput(
+                f"a quality target is like 'psnr:35', 'ssim:0.95' or 'psnr:35:fast', got {text!r}"
+            ) from None
 
     def score(self, reference: ImageLike, restored: ImageLike) -> float:
         return psnr(reference, restored) if self.metric == "psnr" else ssim(reference, restored)
@@ -64,7 +81,7 @@ class Target:
         return score >= self.value
 
     def __str__(self) -> str:
-        return f"{self.metric}>={self.value:g}"
+        return f"{self.metric}>={self.value:g}" + (f" ({self.search})" if self.search != "exact" else "")
 
 
 @dataclass
@@ -103,6 +120,7 @@ class Decision:
             "quality": self.form.quality,
             "bytes": self.form.bytes,
             "fidelity": None if math.isinf(self.form.score) else round(self.form.score, 4),
+            "search": self.target.search,
             "candidates_tried": len(self.tried),
             "model_runs": self.model_runs,
             "seconds": round(self.seconds, 3),
@@ -123,11 +141,44 @@ def choose_form(
     encode: Encoder,
     restore: Restorer,
     *,
+    proxy: Restorer | None = None,
     scales: tuple[float, ...] = (4.0, 2.0, 1.0),
     ladder: tuple[int, ...] = LADDER,
     scale1_codecs: tuple[str, ...] = ("avif", "webp", "jpeg"),
 ) -> Decision:
-    """The smallest form meeting ``target`` (see the module notes), or the original bytes."""
+    """The smallest form meeting ``target`` (see the module notes), or the original bytes. With ``target.search``
+    ``"fast"``, ``proxy`` (a cheap restorer, e.g. bicubic) stands in for ``restore`` during the search, and the
+    form it finds is verified once with ``restore``; a form that fails that check sends the exact search on."""
+    if target.search == "fast" and proxy is not None:
+        start = time.perf_counter()
+        guess = _search(original, original_bytes, target, encode, proxy, scales, ladder, scale1_codecs, cheap=True)
+        form = guess.form
+        if form.scale > 1:  # scale 1 forms need no model: the proxy's score is the real one
+            form = Form(
+                form.scale, form.codec, form.quality, form.data, target.score(original, restore(form.scale, form.data))
+            )
+            guess.tried.append((form.scale, form.codec, form.quality, form.bytes, form.score))
+            guess.model_runs += 1
+        if target.met(form.score):
+            return Decision(form, target, guess.tried, guess.model_runs, time.perf_counter() - start, guess.megapixels)
+        exact = _search(original, original_bytes, target, encode, restore, scales, ladder, scale1_codecs)
+        exact.tried[:0], exact.model_runs = guess.tried, exact.model_runs + guess.model_runs
+        exact.seconds = time.perf_counter() - start
+        return exact
+    return _search(original, original_bytes, target, encode, restore, scales, ladder, scale1_codecs)
+
+
+def _search(
+    original: ImageLike,
+    original_bytes: bytes,
+    target: Target,
+    encode: Encoder,
+    restore: Restorer,
+    scales: tuple[float, ...],
+    ladder: tuple[int, ...],
+    scale1_codecs: tuple[str, ...],
+    cheap: bool = False,
+) -> Decision:
     start = time.perf_counter()
     best = Form(1.0, "original", 0, original_bytes, math.inf)
     tried: list[tuple[float, str, int, int, float]] = []
@@ -135,7 +186,7 @@ def choose_form(
 
     def measure(scale: float, codec: str, quality: int, data: bytes) -> Form:
         nonlocal model_runs
-        if scale > 1:
+        if scale > 1 and not cheap:
             model_runs += 1
         form = Form(scale, codec, quality, data, target.score(original, restore(scale, data)))
         tried.append((scale, codec, quality, form.bytes, form.score))

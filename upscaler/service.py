@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,14 +192,19 @@ class S3CommonUpscaler:
                 smalls[scale] = self.engine.downscale(pixels, scale) if scale > 1 else pixels
             return media.encode_stored(smalls[scale], codec, quality)
 
-        def restore(scale: float, stored: bytes) -> object:
-            small = media.decode_stored(stored)
-            size = (record.width, record.height)
-            big = small if _dimensions(small) == size else self.provider.upscale(small, size=size, model=model)
-            restored, _ = media.encode_restored(big, record)
-            return media.decode(restored, self.limits).pixels
+        def restorer(upscale: Callable[..., object]) -> Callable[[float, bytes], object]:
+            def restore(scale: float, stored: bytes) -> object:
+                small = media.decode_stored(stored)
+                size = (record.width, record.height)
+                big = small if _dimensions(small) == size else upscale(small, size=size)
+                restored, _ = media.encode_restored(big, record)
+                return media.decode(restored, self.limits).pixels
 
-        return choose_form(pixels, data, goal, encode, restore, **search)  # type: ignore[arg-type]
+            return restore
+
+        real = restorer(lambda small, size: self.provider.upscale(small, size=size, model=model))
+        bicubic = restorer(lambda small, size: self.engine.upscale(small, size=size, model="bicubic"))  # fast search
+        return choose_form(pixels, data, goal, encode, real, proxy=bicubic, **search)  # type: ignore[arg-type]
 
     # ---- retrieve ----------------------------------------------------------------------------------------
     def record(self, bucket: str | None, key: str) -> media.ImageRecord:
