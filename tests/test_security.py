@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -224,13 +225,17 @@ def test_over_the_work_slots_requests_get_429_with_retry_after(tmp_path: Path) -
     with api_server(tmp_path, env) as url:
         cert = tmp_path / "data" / "tls" / "cert.pem"
         client = UpscalerClient(url, ca_bundle=cert, retries=0)
-        client.store(_jpeg(256), "big.jpg", scale=4)
+        client.store(_jpeg(512), "big.jpg", scale=4)  # each retrieval runs SPAN x4 for a few tenths of a second
+        start = threading.Barrier(4)
 
         def fetch(_: int) -> requests.Response:
-            return requests.get(url + "/v1/images/big.jpg", verify=False, timeout=120)
+            with requests.Session() as session:
+                session.get(url + "/health", verify=False, timeout=30)  # TLS handshake done before the race
+                start.wait(timeout=30)  # then all four ask at once, as many as the server has threads
+                return session.get(url + "/v1/images/big.jpg", verify=False, timeout=120)
 
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(fetch, range(6)))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(fetch, range(4)))
         codes = sorted(r.status_code for r in answers)
         assert set(codes) == {200, 429} and codes.count(200) >= 1, codes
         refused = next(r for r in answers if r.status_code == 429)
