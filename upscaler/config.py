@@ -39,8 +39,15 @@ class Settings:
     # --- engine -------------------------------------------------------------------------------------------
     #: ncnn CPU threads per inference (0 = one per core).
     ncnn_threads: int = 0
-    #: "auto": use a Vulkan GPU when ncnn finds one; "off": CPU only.
+    #: "auto": use a GPU when one is found (CUDA through PyTorch, else Vulkan through ncnn); "off": CPU only.
     gpu: str = "auto"
+    #: Which runtime runs the models: "auto" (PyTorch on CUDA when torch and a CUDA GPU are there, else ncnn),
+    #: "ncnn", "torch" (the ``gpu`` extra) or "onnx" (ONNX Runtime). All load the same shipped weights.
+    runtime: str = "auto"
+    #: Arithmetic of the torch runtime: "auto" (fp16 on CUDA, fp32 on the CPU), "fp32", "fp16" or "bf16".
+    precision: str = "auto"
+    #: Equal-size tiles (or video frames) run together in one batch on a GPU.
+    gpu_batch: int = 4
     #: Input tile side in pixels for tiled inference (0 = automatic, from the model's memory per pixel).
     tile_size: int = 0
     #: Memory the automatic tile size aims at for one inference, in MiB.

@@ -69,7 +69,12 @@ class Engine:
     def __init__(self, settings: Settings | None = None, *, model_dir: str | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.options = runtime.RuntimeOptions(
-            threads=self.settings.ncnn_threads, gpu=self.settings.gpu, model_dir=model_dir
+            threads=self.settings.ncnn_threads,
+            gpu=self.settings.gpu,
+            model_dir=model_dir,
+            runtime=self.settings.runtime,
+            precision=self.settings.precision,
+            batch=max(1, self.settings.gpu_batch),
         )
 
     # ---- models ------------------------------------------------------------------------------------------
@@ -88,9 +93,16 @@ class Engine:
                 if spec.is_network:
                     runtime.load(spec, self.options).run(np.zeros((8, 8, 3), np.float32))
 
-    def auto_tile(self, spec: registry.ModelSpec) -> int:
+    def auto_tile(self, spec: registry.ModelSpec, net: runtime.Network | None = None) -> int:
+        """Tile side (input pixels): from ``UPSCALER_TILE_MEMORY_MB`` on the CPU, from free device memory on a GPU
+        (half of it, for a whole batch), so a GPU with room runs large images in one piece."""
         if self.settings.tile_size > 0:
             return self.settings.tile_size
+        free = net.free_memory() if net is not None and net.on_gpu and hasattr(net, "free_memory") else 0
+        if free:
+            per_pixel = spec.bytes_per_input_pixel * 2 * self.options.batch  # measured for ncnn fp32; margin x2
+            side = int(math.sqrt(free / 2 / max(per_pixel, 1)))
+            return int(min(4096, max(64, side // 16 * 16)))
         budget = self.settings.tile_memory_mb * 1024 * 1024
         side = int(math.sqrt(budget / max(spec.bytes_per_input_pixel, 1)))
         return int(min(2048, max(64, side // 16 * 16)))
@@ -121,6 +133,9 @@ class Engine:
         if tile is not None and tile != 0 and tile < 32:
             raise InvalidInput(f"tile must be 0 (automatic) or at least 32 pixels, got {tile}")
         spec = self.resolve(model, max(out_w / width, out_h / height, 1.0))
+        fast = self._uint8_on_device(spec, image, out_w, out_h, tile)
+        if fast is not None:
+            return fast
         planes = pixels.to_planes(image)
         if planes.note:
             log.info("pixel mode converted", extra={"conversion": planes.note})
@@ -144,6 +159,27 @@ class Engine:
             up_alpha = np.ones((out_h, out_w), np.float32)
         return pixels.from_planes(planes, up_color, up_alpha)
 
+    def _uint8_on_device(
+        self, spec: registry.ModelSpec, image: ImageLike, out_w: int, out_h: int, tile: int | None
+    ) -> np.ndarray | None:
+        """An RGB uint8 array (a video frame) at the model's own factor on a GPU runtime that converts on the
+        device: one upload of bytes, one download of bytes, no float copies on the host. None = not applicable."""
+        if not (spec.is_network and isinstance(image, np.ndarray) and image.dtype == np.uint8):
+            return None
+        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < MIN_NETWORK_SIDE:
+            return None
+        height, width = image.shape[:2]
+        if (out_w, out_h) != (width * spec.scale, height * spec.scale):
+            return None
+        net = runtime.load(spec, self.options)
+        run_uint8 = getattr(net, "run_uint8", None)
+        if run_uint8 is None or not net.on_gpu:
+            return None
+        side = tile or self.auto_tile(spec, net)
+        if max(height, width) > side:
+            return None
+        return run_uint8(image[None])[0]
+
     def _run(
         self, spec: registry.ModelSpec, planes: np.ndarray, out_w: int, out_h: int, tile: int | None
     ) -> np.ndarray:
@@ -155,12 +191,15 @@ class Engine:
         s = spec.scale
         pad = max(0, (MIN_NETWORK_SIDE - min(planes.shape[:2]) + 1) // 2)
         padded = np.pad(planes, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric") if pad else planes
+        run_tile, run_batch = _network_fns(net)
         result = tiling.apply(
             padded,
             s,
-            _network_fn(net),
-            tile=tile or self.auto_tile(spec),
+            run_tile,
+            tile=tile or self.auto_tile(spec, net),
             overlap=self.settings.tile_overlap,
+            batch_fn=run_batch if net.on_gpu else None,
+            batch=self.options.batch,
         )
         if pad:
             result = result[pad * s : -pad * s, pad * s : -pad * s]
@@ -236,16 +275,22 @@ class Engine:
         return pixels.from_planes(planes, small, small_alpha)
 
 
-def _network_fn(net: runtime.Network) -> Callable[[np.ndarray], np.ndarray]:
-    """Adapt a 3-channel network to 1- or 3-channel planes (grey is replicated, then averaged back)."""
+def _network_fns(
+    net: runtime.Network,
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[list[np.ndarray]], list[np.ndarray]]]:
+    """Adapt a 3-channel network to 1- or 3-channel planes (grey is replicated, then averaged back), one tile at a
+    time and a batch of equal-size tiles at a time."""
+
+    def run_batch(tiles: list[np.ndarray]) -> list[np.ndarray]:
+        if tiles[0].shape[2] == 3:
+            return net.run_batch(tiles)
+        outs = net.run_batch([np.repeat(t, 3, axis=2) for t in tiles])
+        return [out.mean(axis=2, keepdims=True) for out in outs]
 
     def run(tile: np.ndarray) -> np.ndarray:
-        if tile.shape[2] == 3:
-            return net.run(tile)
-        out = net.run(np.repeat(tile, 3, axis=2))
-        return out.mean(axis=2, keepdims=True)
+        return run_batch([tile])[0]
 
-    return run
+    return run, run_batch
 
 
 _default: Engine | None = None

@@ -1,21 +1,35 @@
-"""ncnn networks, loaded once per process and shared by every thread.
+"""The runtimes that run a model, loaded once per process and shared by every thread.
 
-An ``ncnn.Net`` is read-only once loaded; each call makes its own ``Extractor``, which is how ncnn supports
-concurrent inference on one net. Loading is serialised by a lock so two threads never load the same model twice.
+Three runtimes run the same shipped ``.param``/``.bin`` weights behind one interface (:class:`Network`):
+
+- ``ncnn`` (:class:`NcnnNetwork`): the CPU default, and a Vulkan GPU when ncnn finds one. An ``ncnn.Net`` is
+  read-only once loaded; each call makes its own ``Extractor``, which is how ncnn supports concurrent inference.
+- ``torch`` (:mod:`upscaler.engine.torch_net`): the graph converted to a ``torch.nn.Module``; CUDA in fp16/bf16
+  with batched tiles and on-device uint8 conversion. Needs the ``gpu`` extra.
+- ``onnx`` (:mod:`upscaler.engine.onnx_net`): the graph converted to ONNX and run by ONNX Runtime.
+
+``UPSCALER_RUNTIME=auto`` takes torch when a CUDA GPU is there (most GPU containers, SageMaker's included, expose
+CUDA and no Vulkan loader), else ncnn, which measures faster than the other two on the CPU
+(``benchmarks/bench_runtime.py``). Loading is serialised by a lock so two threads never load a model twice.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from upscaler.engine.registry import ModelSpec, weight_files
-from upscaler.errors import Unavailable
+from upscaler.errors import InvalidInput, Unavailable
+
+RUNTIMES = ("auto", "ncnn", "torch", "onnx")
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +56,76 @@ def gpu_count() -> int:
         return _gpu_count
 
 
+_cuda: bool | None = None
+
+
+def cuda_available() -> bool:
+    """Whether PyTorch is installed and sees a CUDA GPU (probed once; False without torch)."""
+    global _cuda
+    with _gpu_lock:
+        if _cuda is None:
+            if importlib.util.find_spec("torch") is None:
+                _cuda = False
+            else:
+                from upscaler.engine import torch_net
+
+                _cuda = torch_net.cuda_available()
+        return _cuda
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     threads: int = 0  # 0 = one per core
     gpu: str = "auto"  # "auto" | "off"
     model_dir: str | None = None
+    runtime: str = "auto"  # one of RUNTIMES
+    precision: str = "auto"  # torch only: auto | fp32 | fp16 | bf16
+    batch: int = 4  # equal-size tiles per call on a GPU
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
 
+    def resolved_runtime(self) -> str:
+        """The runtime ``auto`` stands for here: torch on a CUDA GPU, else ncnn."""
+        if self.runtime not in RUNTIMES:
+            raise InvalidInput(f"UPSCALER_RUNTIME must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime != "auto":
+            return self.runtime
+        return "torch" if self.gpu != "off" and cuda_available() else "ncnn"
+
     def use_gpu(self) -> bool:
-        return self.gpu != "off" and gpu_count() > 0
+        """Whether models run on a GPU with these options (CUDA for torch/onnx, Vulkan for ncnn)."""
+        if self.gpu == "off":
+            return False
+        if self.resolved_runtime() == "ncnn":
+            return gpu_count() > 0
+        return cuda_available()
 
 
-class Network:
-    """One loaded model: ``run`` maps a float32 HxWx3 array in [0, 1] to its upscaled HxWx3 array."""
+class Network(Protocol):
+    """One loaded model. ``run`` maps a float32 HxWx3 array in [0, 1] to its upscaled (unclipped) HxWx3 array;
+    ``run_batch`` does the same for equal-size tiles in one call."""
+
+    runtime: str
+    on_gpu: bool
+    spec: ModelSpec
+
+    def run(self, hwc: np.ndarray) -> np.ndarray: ...
+
+    def run_batch(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class NcnnNetwork:
+    """A model on ncnn (CPU, or Vulkan)."""
+
+    runtime = "ncnn"
 
     def __init__(self, spec: ModelSpec, options: RuntimeOptions) -> None:
         import ncnn
 
         self.spec = spec
         self.param_path, self.bin_path = weight_files(spec, options.model_dir)
-        self.on_gpu = options.use_gpu()
+        self.on_gpu = options.gpu != "off" and gpu_count() > 0
         net = ncnn.Net()
         net.opt.use_vulkan_compute = self.on_gpu
         net.opt.num_threads = options.resolved_threads()
@@ -95,6 +157,44 @@ class Network:
         out = self.run_chw(hwc.transpose(2, 0, 1))
         return out.transpose(1, 2, 0)
 
+    def run_batch(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.run(t) for t in tiles]
+
+
+def _converted(spec: ModelSpec, options: RuntimeOptions, runtime: str) -> Network:
+    """The torch or onnx network of ``spec``, converted from its ncnn files."""
+    from upscaler.engine import graph as graph_io
+
+    graph = graph_io.read(*weight_files(spec, options.model_dir))
+    device = "cpu" if options.gpu == "off" else "auto"
+    if runtime == "torch":
+        if importlib.util.find_spec("torch") is None:
+            raise Unavailable("UPSCALER_RUNTIME=torch needs PyTorch: pip install 'media-upscaler[gpu]'")
+        from upscaler.engine.torch_net import TorchNetwork
+
+        net: Network = TorchNetwork(
+            graph, spec.scale, device=device, precision=options.precision, threads=options.threads
+        )  # type: ignore[assignment]
+    else:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise Unavailable("UPSCALER_RUNTIME=onnx needs ONNX Runtime: pip install onnx onnxruntime")
+        from upscaler.engine.onnx_net import OnnxNetwork
+
+        net = OnnxNetwork(graph, spec.scale, device=device, threads=options.threads)  # type: ignore[assignment]
+    net.spec = spec
+    log.info(
+        "model loaded",
+        extra={"model": spec.name, "runtime": runtime, "gpu": net.on_gpu, "precision": getattr(net, "precision", "")},
+    )
+    return net
+
+
+def _build(spec: ModelSpec, options: RuntimeOptions) -> Network:
+    runtime = options.resolved_runtime()
+    if runtime == "ncnn":
+        return NcnnNetwork(spec, options)
+    return _converted(spec, options, runtime)
+
 
 _cache: dict[tuple[str, RuntimeOptions], Network] = {}
 _cache_lock = threading.Lock()
@@ -109,7 +209,7 @@ def load(spec: ModelSpec, options: RuntimeOptions) -> Network:
     with _cache_lock:
         net = _cache.get(key)
         if net is None:
-            net = _cache[key] = Network(spec, options)
+            net = _cache[key] = _build(spec, options)
         return net
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 TileFn = Callable[[np.ndarray], np.ndarray]
+BatchFn = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,15 @@ def apply(
     tile: int,
     overlap: int = 16,
     max_workers: int = 1,
+    batch_fn: BatchFn | None = None,
+    batch: int = 1,
 ) -> np.ndarray:
     """Run ``fn`` over ``image`` (HxWxC float32) in tiles and blend the results into an (H*s)x(W*s)xC array.
 
     ``fn`` receives an hxwxC tile and must return an (h*s)x(w*s)xC array. With ``max_workers`` > 1 tiles run
-    concurrently (at most ``2 * max_workers`` in flight); blending happens on the calling thread.
+    concurrently (at most ``2 * max_workers`` in flight); blending happens on the calling thread. With
+    ``batch_fn`` and ``batch`` > 1, tiles of equal size go to ``batch_fn`` ``batch`` at a time (a GPU runs them
+    as one batch) and ``fn`` is not used.
     """
     if scale < 1 or int(scale) != scale:
         raise ValueError(f"tiling needs an integer scale, got {scale}")
@@ -96,7 +101,16 @@ def apply(
     def crop(t: Tile) -> np.ndarray:
         return image[t.y0 : t.y1, t.x0 : t.x1]
 
-    if max_workers <= 1:
+    if batch_fn is not None and batch > 1:
+        by_shape: dict[tuple[int, int], list[Tile]] = {}
+        for t in tiles:
+            by_shape.setdefault((t.y1 - t.y0, t.x1 - t.x0), []).append(t)
+        for group in by_shape.values():
+            for i in range(0, len(group), batch):
+                chunk = group[i : i + batch]
+                for t, result in zip(chunk, batch_fn([crop(t) for t in chunk]), strict=True):
+                    blend(t, result)
+    elif max_workers <= 1:
         for t in tiles:
             blend(t, fn(crop(t)))
     else:
