@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from api.tls import DEFAULT_HOSTS, make_self_signed
+from upscaler.console import run_quietly_piped
 
 DEFAULT_TLS_DIR = Path("data/tls")
 
@@ -72,10 +73,13 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="upscaler-metrics-")
     argv.append("api.app:create_app()")
     scheme = "http" if args.plain_http else "https"
-    storage = os.environ.get("UPSCALER_STORAGE", "./data/objects")
-    video_workers = int(os.environ.get("UPSCALER_VIDEO_WORKERS", "1"))
+    from upscaler.config import Settings
+
+    settings = Settings.from_env()
+    video_workers = settings.video_workers
     print(
-        f"serving on {scheme}://{args.host}:{args.port} (storage: {storage}; video workers beside it: {video_workers})",
+        f"serving on {scheme}://{args.host}:{args.port} (storage: {settings.storage}, default bucket: "
+        f"{settings.default_bucket}; video workers beside it: {video_workers})",
         file=sys.stderr,
     )
     sys.stdout.flush()
@@ -284,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     models = sub.add_parser("models", help="list models and their weights", description="List the models.")
     models.set_defaults(func=_models)
 
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    def run() -> int:
+        args = parser.parse_args(argv)
+        return int(args.func(args))
+
+    return run_quietly_piped(run)
 
 
 if __name__ == "__main__":

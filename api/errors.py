@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.responses import error
@@ -12,19 +13,23 @@ from upscaler.errors import Busy, Unauthorized, Unavailable, UpscalerError
 
 log = logging.getLogger("api")
 
-#: A refused body is read and discarded up to this many bytes, so the client can finish sending and read the 413
-#: (closing mid-upload makes clients report a broken connection instead). Larger bodies get the connection closed.
-DRAIN_CAP = 256 * 1024 * 1024
 
-
-def _drain(cap: int) -> None:
+def _drain() -> None:
+    """Read and discard a refused body, so the client can finish sending and read the answer (closing mid-upload
+    makes clients report a broken connection instead); bounded in bytes and time by the settings
+    ``refused_body_drain_bytes`` and ``refused_body_drain_seconds``, beyond which the connection is closed."""
+    settings = current_app.extensions["upscaler.settings"]
     length = request.content_length
-    if length is None or length > cap:
+    if length is None or length > settings.refused_body_drain_bytes:
         return
     stream = request.environ.get("wsgi.input")
+    deadline = time.monotonic() + settings.refused_body_drain_seconds
     remaining = length
-    while stream is not None and remaining > 0:
-        chunk = stream.read(min(remaining, 1 << 20))
+    while stream is not None and remaining > 0 and time.monotonic() < deadline:
+        try:
+            chunk = stream.read(min(remaining, 1 << 20))
+        except OSError:  # the client went away (or stalled past the socket's timeout)
+            return
         if not chunk:
             break
         remaining -= len(chunk)
@@ -40,7 +45,7 @@ def register(app: Flask) -> None:
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="media-upscaler"'
         if exc.status == 413:  # refused before the body was read (declared size, video limits): let the client finish
-            _drain(DRAIN_CAP)
+            _drain()
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message})
         return error(exc.message, exc.status, exc.code, headers)
@@ -48,7 +53,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:
         limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-        _drain(max(4 * limit, DRAIN_CAP))
+        _drain()
         return error(f"request body is over the limit of {limit} bytes", 413, "too_large")
 
     @app.errorhandler(HTTPException)

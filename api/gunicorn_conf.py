@@ -18,6 +18,7 @@ keepalive = 5
 accesslog = None  # the app logs each request as JSON
 errorlog = "-"
 limit_request_line = 8190
+control_socket_disable = True  # gunicorn's admin socket would be written under $HOME; nothing here uses it
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 

@@ -93,13 +93,18 @@ def post_image(key: str) -> Response:
 def get_image(key: str) -> Response:
     args = request.args.to_dict()
     bucket = allowed("read", params.text(args, "bucket", max_len=63), key)
-    if request.method == "HEAD":  # metadata only: never runs a model
-        record = service().record(bucket, key)
-        resp = Response(status=200, headers=_image_headers(record))
-        resp.headers["Content-Type"] = media.content_type_for(record.format)
+    options = params.retrieve_options(args)
+    if request.method == "HEAD":  # what GET would answer, from the record alone: never runs a model
+        options.pop("model")
+        record, (width, height), ctype, length = service().retrieval_head(bucket=bucket, key=key, **options)
+        # A generator body: no Content-Length is made up (the restored size is only known once it is encoded)
+        resp = Response(iter(()), status=200, content_type=ctype, headers=_image_headers(record))
+        resp.headers["X-Output-Size"] = f"{width}x{height}"
+        if length is not None:  # the stored original is given back byte for byte
+            resp.headers["Content-Length"] = str(length)
         return resp
     result = service().retrieve_image(
-        bucket=bucket, key=key, endpoint=params.text(args, "endpoint", max_len=63), **params.retrieve_options(args)
+        bucket=bucket, key=key, endpoint=params.text(args, "endpoint", max_len=63), **options
     )
     resp = Response(result.data, status=200, content_type=result.content_type)
     resp.headers.update(_image_headers(result.record))

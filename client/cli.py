@@ -11,26 +11,47 @@ examples:
   upscaler-client video download clips/talk-upscaled.mp4 --bucket media -o talk-back.mp4
 
 The service address, token and CA bundle come from --url/--token/--ca-bundle or UPSCALER_URL, UPSCALER_TOKEN,
-UPSCALER_CA_BUNDLE. The local service's self-signed certificate is data/tls/cert.pem in its folder:
-pass it with --ca-bundle rather than turning verification off with --insecure.
+UPSCALER_CA_BUNDLE. The local service's self-signed certificate is data/tls/cert.pem in its folder: run from
+that folder against a loopback address, the client trusts it by itself; from elsewhere, pass it with --ca-bundle
+rather than turning verification off with --insecure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from client.sdk import DEFAULT_URL, JobFailed, UpscalerClient, UpscalerError
+from upscaler.console import run_quietly_piped
+
+#: The certificate `upscaler serve` makes on its first start, in the folder it runs in.
+LOCAL_CERT = Path("data/tls/cert.pem")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TLS_HINT = (
+    "pass --ca-bundle with the service's certificate (data/tls/cert.pem in the folder where `upscaler serve` runs), "
+    "or --insecure to skip verification"
+)
+
+
+def local_ca_bundle(url: str | None) -> str | None:
+    """The local service's own certificate, when ``url`` is on loopback and no CA bundle is given: a CLI run in the
+    folder of `upscaler serve` trusts it without --ca-bundle."""
+    if os.environ.get("UPSCALER_CA_BUNDLE"):
+        return None
+    host = urlsplit(url or os.environ.get("UPSCALER_URL") or DEFAULT_URL).hostname
+    return str(LOCAL_CERT) if host in LOOPBACK_HOSTS and LOCAL_CERT.is_file() else None
 
 
 def client_from_args(args: argparse.Namespace) -> UpscalerClient:
     return UpscalerClient(
         args.url,
         token=args.token,
-        ca_bundle=args.ca_bundle,
+        ca_bundle=args.ca_bundle or (None if args.insecure else local_ca_bundle(args.url)),
         insecure=args.insecure,
         timeout=args.timeout,
         retries=args.retries,
@@ -145,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", default=None, help=f"service address (default $UPSCALER_URL or {DEFAULT_URL})")
     parser.add_argument("--token", default=None, help="API token, sent as a bearer token (default $UPSCALER_TOKEN)")
-    parser.add_argument("--ca-bundle", default=None, help="CA certificate(s) to trust (default $UPSCALER_CA_BUNDLE)")
+    parser.add_argument(
+        "--ca-bundle",
+        default=None,
+        help="CA certificate(s) to trust (default $UPSCALER_CA_BUNDLE; for a loopback URL, data/tls/cert.pem "
+        "when it exists here)",
+    )
     parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate (not advised)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
     parser.add_argument("--retries", type=int, default=3, help="retries on 429/503, after Retry-After (default 3)")
@@ -216,11 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_quietly_piped(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except UpscalerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.message} ({TLS_HINT})" if exc.code == "tls" else f"error: {exc}", file=sys.stderr)
         return 2
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)

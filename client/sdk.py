@@ -38,9 +38,10 @@ MAX_RETRY_AFTER = 60.0
 class UpscalerError(Exception):
     """A request that failed: ``status`` is the HTTP status (0 when no answer came), ``message`` the server's."""
 
-    def __init__(self, status: int, message: str, code: str = "") -> None:
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status, self.message, self.code = status, message, code
+    def __init__(self, status: int, message: str, code: str = "", hint: str = "") -> None:
+        text = f"{status}: {message}" if status else message
+        super().__init__(f"{text} ({hint})" if hint else text)
+        self.status, self.message, self.code, self.hint = status, message, code, hint
 
 
 class JobFailed(UpscalerError):
@@ -101,7 +102,12 @@ class UpscalerClient:
                     method, url, headers=headers, timeout=self.timeout, verify=self.verify, **kwargs
                 )
             except requests.exceptions.SSLError as exc:
-                raise UpscalerError(0, f"TLS failed for {url}: {exc} (give ca_bundle, or insecure=True)") from None
+                raise UpscalerError(
+                    0,
+                    f"TLS failed for {url}: {exc}",
+                    "tls",
+                    "give ca_bundle=<the service's certificate> or insecure=True",
+                ) from None
             except requests.RequestException as exc:
                 if not safe or attempt == self.retries:
                     raise UpscalerError(0, f"{method} {url} failed: {type(exc).__name__}: {exc}") from None

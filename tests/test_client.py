@@ -52,7 +52,7 @@ def test_tls_is_verified_by_default(tls_service: tuple[str, Path]) -> None:
     url, _ = tls_service
     with pytest.raises(UpscalerError) as failed:
         UpscalerClient(url).request("GET", "/health")
-    assert failed.value.status == 0 and "ca_bundle" in failed.value.message
+    assert failed.value.status == 0 and "ca_bundle" in str(failed.value)
     with pytest.warns(UserWarning, match="verification is off"):
         insecure = UpscalerClient(url, insecure=True)
     assert insecure.health()

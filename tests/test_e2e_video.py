@@ -97,23 +97,23 @@ def test_original_clients_store_and_retrieve_a_video(local_api: str, clip: Path,
 
     resp = requests.post(
         local_api + "/storeVideo",
-        json={"s3_key_name": "clips/talk.mp4", "s3_bucket": "upscaler", "min_size": 24, "max_size": 48},
+        json={"s3_key_name": "clips/talk.mp4", "s3_bucket": "media", "min_size": 24, "max_size": 48},
         verify=False,
     )
     assert resp.status_code == 200 and resp.json()[1] == 200, resp.text
     done = wait_legacy(local_api, resp.json()[0]["data"])
-    assert done["status"] == "Completed" and done["output"] == "s3://upscaler/clips/talk-downscaled.mp4"
-    small = download(local_api, "clips/talk-downscaled.mp4", tmp_path / "small.mp4", "upscaler")
+    assert done["status"] == "Completed" and done["output"] == "s3://media/clips/talk-downscaled.mp4"
+    small = download(local_api, "clips/talk-downscaled.mp4", tmp_path / "small.mp4", "media")
     assert video_info(small)[2] == (48, 32)  # width/4 = 24, clamped into [24, 48]: the original's semantics
 
     resp = requests.get(
         local_api + "/retrieveVideo",
-        params={"s3_key": "clips/talk-downscaled.mp4", "s3_bucket": "upscaler", "endpoint": "ep", "max_workers": 2},
+        params={"s3_key": "clips/talk-downscaled.mp4", "s3_bucket": "media", "endpoint": "ep", "max_workers": 2},
         verify=False,
     )
     assert resp.json()[1] == 200, resp.text
     done = wait_legacy(local_api, resp.json()[0]["data"])
-    assert done["status"] == "Completed" and done["output"] == "s3://upscaler/clips/talk-upscaled.mp4"
+    assert done["status"] == "Completed" and done["output"] == "s3://media/clips/talk-upscaled.mp4"
     assert done["frames_done"] == done["frames_total"] == 30 and done["progress"] == 1.0
     big = download(local_api, "clips/talk-upscaled.mp4", tmp_path / "big.mp4")
     n, pts, size = video_info(big)
@@ -131,7 +131,7 @@ def test_v1_jobs_progress_and_cancel(local_api: str, clip: Path) -> None:
     )
     assert resp.status_code == 202 and resp.headers["Location"] == f"/v1/jobs/{resp.json()['id']}"
     job = wait_v1(local_api, resp.json()["id"])
-    assert job["status"] == "Completed" and job["output"] == "s3://upscaler/v1/clip-downscaled.mp4"
+    assert job["status"] == "Completed" and job["output"] == "s3://media/v1/clip-downscaled.mp4"
     assert job["frames_done"] == 30 and job["timings"]["run_seconds"] > 0 and job["error"] is None
     again = requests.delete(f"{local_api}/v1/jobs/{job['id']}", verify=False)
     assert again.status_code == 409 and again.json()["code"]
@@ -150,7 +150,7 @@ def test_v1_jobs_progress_and_cancel(local_api: str, clip: Path) -> None:
 @pytest.mark.parametrize(
     ("route", "kwargs", "status"),
     [
-        ("/storeVideo", {"json": {"s3_bucket": "upscaler"}}, 400),  # no key
+        ("/storeVideo", {"json": {"s3_bucket": "media"}}, 400),  # no key
         ("/storeVideo", {"json": {"s3_key_name": "nowhere.mp4"}}, 404),
         ("/storeVideo", {"json": {"s3_key_name": "clips/talk.mp4", "min_size": 50, "max_size": 10}}, 400),
         ("/storeVideo", {"json": {"s3_key_name": "clips/talk.mp4", "min_size": "big"}}, 400),
@@ -300,8 +300,8 @@ def test_worker_killed_mid_job_resumes_from_its_checkpoint(tmp_path: Path) -> No
         store = LocalFolderStore(tmp_path / "data" / "objects")
 
         def checkpoints(job_id: str) -> list[int]:
-            keys = [k for k in store.list("upscaler", f"_checkpoints/{job_id}/")]
-            return [int(store.head("upscaler", k).metadata["frames"]) for k in keys]
+            keys = [k for k in store.list("media", f"_checkpoints/{job_id}/")]
+            return [int(store.head("media", k).metadata["frames"]) for k in keys]
 
         def submit(output: str) -> str:
             body = {"method": "upscale", "key": "in/long.mp4", "output_key": output, "max_workers": 2}

@@ -68,8 +68,8 @@ class Settings:
     storage: str = "./data/objects"
     #: S3-compatible endpoint (moto, MinIO, LocalStack); empty = AWS's, from the standard config chain.
     s3_endpoint_url: str = ""
-    #: Bucket used when a request names none (the /v1 routes).
-    default_bucket: str = "upscaler"
+    #: Bucket used when a request names none (the same for the legacy and /v1 routes).
+    default_bucket: str = "media"
     #: Buckets requests may name; empty = any valid bucket name.
     allowed_buckets: tuple[str, ...] = ()
     #: Codec and quality the downscaled image is stored with (chosen by benchmarks/bench_codecs.py).
@@ -99,6 +99,11 @@ class Settings:
     # --- HTTP limits ----------------------------------------------------------------------------------------
     #: Largest request body, in bytes (a base64 image is 4/3 of its file size).
     max_request_bytes: int = 64 * 1024 * 1024
+    #: A body refused as too large (413) is read and thrown away up to this many bytes and seconds before the answer,
+    #: so clients that send the whole body before reading (Python ``requests``, curl) read the 413 instead of a
+    #: broken connection; a larger or slower one gets the connection closed.
+    refused_body_drain_bytes: int = 1024 * 1024 * 1024
+    refused_body_drain_seconds: float = 30.0
     #: Largest image file accepted, in bytes.
     max_image_bytes: int = 40 * 1024 * 1024
     #: Largest source image, in megapixels (decompression bombs are refused from the header).

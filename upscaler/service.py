@@ -35,6 +35,8 @@ class StoreResult:
     seconds: float
     #: How a quality target was met (see upscaler.quality.Decision.describe), when one was asked.
     decision: dict[str, object] | None = None
+    #: The model a retrieval uses when it names none (the one stored with the image, else the service's default).
+    model: str = ""
 
     @property
     def saved_ratio(self) -> float:
@@ -62,7 +64,7 @@ class StoreResult:
                 "scale": r.scale,
             },
             "saved_percent": round(100.0 * self.saved_ratio, 2),
-            "model": r.model,
+            "model": self.model or r.model,
             **({"decision": self.decision} if self.decision else {}),
         }
 
@@ -89,6 +91,13 @@ class S3CommonUpscaler:
             max_bytes=settings.max_image_bytes, max_megapixels=settings.max_source_megapixels
         )
         self.slots = WorkSlots(settings.max_inflight, settings.inflight_wait)
+
+    def _default_model(self) -> str:
+        """The model a retrieval naming none runs: the local provider's, or the SageMaker endpoint it calls."""
+        info = self.provider.describe()
+        if info.get("model"):
+            return str(info["model"])
+        return f"sagemaker:{info['endpoint']}" if info.get("endpoint") else self.settings.default_model
 
     # ---- checks ------------------------------------------------------------------------------------------
     def bucket(self, bucket: str | None) -> str:
@@ -158,7 +167,12 @@ class S3CommonUpscaler:
         content_type = getattr(blob, "content_type", None) or media.content_type_for(record.format)
         self.store.put(bucket, key, bytes(blob), metadata=record.to_metadata(), content_type=content_type)
         result = StoreResult(
-            bucket, key, record, time.perf_counter() - start, decision.describe() if decision else None
+            bucket,
+            key,
+            record,
+            time.perf_counter() - start,
+            decision.describe() if decision else None,
+            model=record.model or self._default_model(),
         )
         log.info(
             "stored",
@@ -228,13 +242,9 @@ class S3CommonUpscaler:
         t0 = time.perf_counter()
         obj = self.store.get(self.bucket(bucket), validate_key(key))
         record = media.ImageRecord.from_metadata(obj.metadata)
-        size = (record.width, record.height)
-        if scale is not None:
-            if not 1.0 <= float(scale) <= 16.0:
-                raise InvalidInput(f"scale must be between 1 and 16, got {scale}")
-            size = (round(record.stored_width * float(scale)), round(record.stored_height * float(scale)))
+        size = _output_size(record, scale)
         original = record.stored_codec == "original"
-        if original and format is None and quality is None and size == (record.width, record.height):
+        if _as_stored(record, format, quality, size):
             timings["read"] = time.perf_counter() - t0  # stored as it came: given back byte for byte
             return RetrieveResult(obj.data, obj.content_type, record, size[0], size[1], timings)
         with self.slots.take():
@@ -251,6 +261,23 @@ class S3CommonUpscaler:
             timings["encode"] = time.perf_counter() - t2
         return RetrieveResult(data, content_type, record, size[0], size[1], timings)
 
+    def retrieval_head(
+        self,
+        *,
+        bucket: str | None,
+        key: str,
+        format: str | None = None,
+        quality: int | None = None,
+        scale: float | None = None,
+    ) -> tuple[media.ImageRecord, tuple[int, int], str, int | None]:
+        """What :meth:`retrieve_image` would answer, known without running a model: the record, the output size,
+        the content type and, only when the stored bytes are given back as they are, the length."""
+        record = self.record(bucket, key)
+        size = _output_size(record, scale)
+        if _as_stored(record, format, quality, size):
+            return record, size, media.content_type_for(record.format), record.original_bytes
+        return record, size, media.content_type_for(format or record.format), None
+
     def upscale_bytes(
         self, data: bytes, *, scale: float, model: str | None = None, format: str | None = None
     ) -> tuple[bytes, str, tuple[int, int]]:
@@ -265,6 +292,25 @@ class S3CommonUpscaler:
 
     def delete_image(self, *, bucket: str | None, key: str) -> bool:
         return self.store.delete(self.bucket(bucket), validate_key(key))
+
+
+def _output_size(record: media.ImageRecord, scale: float | None) -> tuple[int, int]:
+    """The original size, or the stored size times ``scale``."""
+    if scale is None:
+        return record.width, record.height
+    if not 1.0 <= float(scale) <= 16.0:
+        raise InvalidInput(f"scale must be between 1 and 16, got {scale}")
+    return round(record.stored_width * float(scale)), round(record.stored_height * float(scale))
+
+
+def _as_stored(record: media.ImageRecord, format: str | None, quality: int | None, size: tuple[int, int]) -> bool:
+    """Whether a retrieval gives the stored bytes back as they are (an original kept whole, asked for as it is)."""
+    return (
+        record.stored_codec == "original"
+        and format is None
+        and quality is None
+        and size == (record.width, record.height)
+    )
 
 
 def _finite(value: float) -> float | None:

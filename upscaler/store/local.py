@@ -147,7 +147,11 @@ class LocalFolderStore(ObjectStore):
         lock_path = self._lock_path(path)
         with _STRIPES[hash(str(lock_path)) % len(_STRIPES)]:
             while True:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+                except FileNotFoundError:  # a delete pruned the empty folder just made: make it again
+                    lock_path.parent.mkdir(parents=True, exist_ok=True)
+                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     here = os.stat(lock_path)
@@ -328,6 +332,19 @@ class LocalFolderStore(ObjectStore):
                     self._finish(path, lock, failed)
         except OSError as exc:
             raise Unavailable(f"local store cannot delete {key!r}: {exc.strerror or exc}") from None
+        finally:
+            self._prune(path.parent, self.root / bucket)
+
+    @staticmethod
+    def _prune(folder: Path, bucket_dir: Path) -> None:
+        """Remove the folders above a deleted key that are now empty (a finished job's checkpoint folder), up to the
+        bucket's; a writer racing into one makes it again (see :meth:`_locked`)."""
+        while folder != bucket_dir and bucket_dir in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): the folders above are not empty either
+                return
+            folder = folder.parent
 
     # ---- reads -------------------------------------------------------------------------------------------
     def _read_record(self, path: Path, st: os.stat_result) -> dict[str, Any] | None:
