@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, request
 from api import params
 from api.auth import allowed, job_allowed, video_job_allowed
 from api.responses import LEGACY_BLUEPRINT, legacy
+from api.videos import encoding_options
 from upscaler.service import S3CommonUpscaler
 from upscaler.videos import VideoJobs
 
@@ -73,7 +74,7 @@ def _size(source: dict, field: str) -> int | None:
 
 @bp.post("/storeVideo")
 def store_video() -> Response:
-    """Downscale a video already in the bucket; ``data`` is the job id."""
+    """Downscale a video already in the bucket, sized as the original's getNewDim did; ``data`` is the job id."""
     body = params.json_body()
     key = params.text(body, "s3_key_name", required=True)
     output = params.text(body, "output_key")
@@ -85,6 +86,8 @@ def store_video() -> Response:
         min_size=_size(body, "min_size"),
         max_size=_size(body, "max_size"),
         output_key=output,
+        sizing="original",
+        **encoding_options(body),
     )
     return legacy(job.id)
 
@@ -104,6 +107,7 @@ def retrieve_video() -> Response:
         max_workers=None if workers is None else int(workers),
         model=params.text(args, "model", max_len=64),
         output_key=output,
+        **encoding_options(args),
     )
     return legacy(job.id)
 

@@ -138,9 +138,33 @@ JOB = {
         "resumed_frames": {"type": "integer", "description": "frames taken from checkpoints of a killed run"},
         "error": {"type": ["string", "null"]},
         "attempts": {"type": "integer"},
+        "sizing": {"type": "string", "enum": ["aspect", "original"]},
+        "size_requested": {"type": ["string", "null"], "description": "WxH the sizing rule gave"},
+        "size": {"type": ["string", "null"], "description": "WxH written (even sides for 4:2:0)"},
+        "encoding": {"type": "object", "description": "codec, crf, qp, preset of the output"},
+        "source_bytes": {"type": ["integer", "null"]},
+        "output_bytes": {"type": ["integer", "null"]},
+        "saved_percent": {"type": ["number", "null"], "description": "downscale: 100 x (1 - output/source)"},
         "timings": {"type": "object"},
     },
     "required": ["id", "status", "method", "video", "output", "progress", "frames_done", "error"],
+}
+_SIZING_TEXT = (
+    "How min_size/max_size size a downscale. aspect (default): the aspect ratio kept, the longer side brought down "
+    "to max_size or the shorter side up to min_size (no bound: width/scale). original: as the original's getNewDim "
+    "and legacy /storeVideo: width/4 and height from the aspect (truncated), then only the first of width > max, "
+    "height > max, width < min, height < min applies (1920x1080 with 270..540 -> 480x270, where aspect gives "
+    "540x304). Both are then rounded down to even sides for 4:2:0; the job says size_requested and size."
+)
+_CODEC_TEXT = (
+    "Codec of the output (a downscale's stored video, an upscale's result); default from the settings. "
+    "h264 = libx264, hevc = libx265, av1 = libsvtav1; 400 naming codec when this build lacks the encoder."
+)
+_ENCODING = {
+    "codec": {"type": "string", "enum": ["h264", "hevc", "av1"], "description": _CODEC_TEXT},
+    "crf": {"type": "integer", "minimum": 0, "maximum": 63, "description": "constant quality (0 best)"},
+    "qp": {"type": "integer", "minimum": 0, "maximum": 63, "description": "constant quantizer, instead of crf"},
+    "preset": {"type": "string", "description": "x264/x265: ultrafast..veryslow; SVT-AV1: 0 (slowest)..13"},
 }
 _JOB_SUBMIT = {
     "type": "object",
@@ -151,6 +175,8 @@ _JOB_SUBMIT = {
         "bucket": {"type": "string"},
         "min_size": {"type": "integer", "minimum": 1, "maximum": 16384},
         "max_size": {"type": "integer", "minimum": 1, "maximum": 16384},
+        "sizing": {"type": "string", "enum": ["aspect", "original"], "default": "aspect", "description": _SIZING_TEXT},
+        **_ENCODING,
         "scale": {"type": "number", "minimum": 1, "maximum": 8},
         "max_workers": {"type": "integer", "minimum": 1},
         "model": {"type": "string"},
@@ -169,6 +195,8 @@ def _video_paths() -> dict[str, Any]:
         "/storeVideo": {
             "post": {
                 "summary": "Downscale a video already in the bucket (legacy); data is the job id",
+                "description": "Sized exactly as the original's getNewDim (see sizing on /v1/jobs), then rounded "
+                "down to even sides.",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -182,6 +210,7 @@ def _video_paths() -> dict[str, Any]:
                                     "min_size": {"type": ["integer", "string"]},
                                     "max_size": {"type": ["integer", "string"]},
                                     "output_key": {"type": "string"},
+                                    **_ENCODING,
                                 },
                             }
                         }

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
@@ -79,6 +80,18 @@ def get_video(key: str) -> Response:
     return resp
 
 
+def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
+    """A job's output encoding as asked (codec, crf or qp, preset); VideoJobs.submit checks it against the codec."""
+    crf = params.number(source, "crf", lo=0, hi=63, integer=True)
+    qp = params.number(source, "qp", lo=0, hi=63, integer=True)
+    return {
+        "codec": params.text(source, "codec", max_len=16),
+        "crf": None if crf is None else int(crf),
+        "qp": None if qp is None else int(qp),
+        "preset": params.text(source, "preset", max_len=16),
+    }
+
+
 @bp.post("/jobs")
 def submit_job() -> Response:
     body = params.json_body()
@@ -100,6 +113,8 @@ def submit_job() -> Response:
         model=params.text(body, "model", max_len=64),
         endpoint=params.text(body, "endpoint", max_len=63),
         output_key=output,
+        sizing=params.text(body, "sizing", max_len=16) or "aspect",
+        **encoding_options(body),
     )
     resp = jsonify(job.to_v1())
     resp.status_code = 202

@@ -131,7 +131,8 @@ def _video_upload(args: argparse.Namespace) -> int:
 def _video_submit(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     if args.method == "downscale":
-        job_id = client.store_video(args.key, args.bucket, min_size=args.min_size, max_size=args.max_size)
+        encoding = {"codec": args.codec, "crf": args.crf, "qp": args.qp, "preset": args.preset}
+        job_id = client.store_video(args.key, args.bucket, min_size=args.min_size, max_size=args.max_size, **encoding)
     else:
         job_id = client.retrieve_video(
             args.key, args.bucket, endpoint=args.endpoint, max_workers=args.max_workers, model=args.model
@@ -218,8 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", choices=("downscale", "upscale"))
     p.add_argument("key", help="the video's key (for upscale: the downscaled video)")
     p.add_argument("--bucket")
-    p.add_argument("--min-size", type=int, help="downscale: smallest side bound in pixels (original's min_size)")
-    p.add_argument("--max-size", type=int, help="downscale: largest side bound in pixels (original's max_size)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        help="downscale: the original's min_size (width/4 and height from the aspect, then the first matching "
+        "clamp: width > max, height > max, width < min, height < min); e.g. 1920x1080 with --max-size 540 -> 480x270",
+    )
+    p.add_argument("--max-size", type=int, help="downscale: the original's max_size (see --min-size)")
+    p.add_argument("--codec", choices=("h264", "hevc", "av1"), help="downscale: stored codec (default: the service's)")
+    p.add_argument(
+        "--crf", type=int, help="downscale: constant quality (x264/x265 0-51, SVT-AV1 0-63; lower is better)"
+    )
+    p.add_argument("--qp", type=int, help="downscale: constant quantizer instead of --crf")
+    p.add_argument("--preset", help="downscale: encoder preset (x264/x265: ultrafast..veryslow, SVT-AV1: 0..13)")
     p.add_argument("--endpoint", help="upscale: SageMaker endpoint")
     p.add_argument("--max-workers", type=int, help="upscale: frames in flight to the model")
     p.add_argument("--model", help="upscale: model (default: the service's video model)")

@@ -211,13 +211,22 @@ class UpscalerClient:
         return out
 
     def store_video(
-        self, key: str, bucket: str | None = None, *, min_size: int | None = None, max_size: int | None = None
+        self,
+        key: str,
+        bucket: str | None = None,
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        **encoding: Any,
     ) -> str:
-        """Start downscaling a video already in the bucket (to ``<key-without-ext>-downscaled.mp4``); the job id."""
+        """Start downscaling a video already in the bucket (to ``<key-without-ext>-downscaled.mp4``); the job id.
+        ``min_size``/``max_size`` mean what the original's did (its getNewDim: width/4, then the first matching
+        clamp), on both APIs; ``encoding``: ``codec`` (h264, hevc, av1), ``crf`` or ``qp``, ``preset``."""
+        bounds = _clean({"min_size": min_size, "max_size": max_size, **encoding})
         if self.api == "legacy":
-            body = {"s3_key_name": key, **_clean({"s3_bucket": bucket, "min_size": min_size, "max_size": max_size})}
+            body = {"s3_key_name": key, **_clean({"s3_bucket": bucket}), **bounds}
             return self._legacy_data(self.request("POST", "/storeVideo", json=body))
-        return self.submit_job("downscale", key, bucket, min_size=min_size, max_size=max_size)["id"]
+        return self.submit_job("downscale", key, bucket, sizing="original", **bounds)["id"]
 
     def retrieve_video(
         self,

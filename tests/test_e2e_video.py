@@ -17,6 +17,7 @@ import boto3
 import pytest
 import requests
 
+from client.cli import main as cli
 from tests.servers import AWS_TEST_ENV, UPSCALER, api_server, moto_server
 from tests.test_video_pipeline import cues, make_clip, packets, video_info
 from upscaler.media.video import probe
@@ -104,7 +105,7 @@ def test_original_clients_store_and_retrieve_a_video(local_api: str, clip: Path,
     done = wait_legacy(local_api, resp.json()[0]["data"])
     assert done["status"] == "Completed" and done["output"] == "s3://media/clips/talk-downscaled.mp4"
     small = download(local_api, "clips/talk-downscaled.mp4", tmp_path / "small.mp4", "media")
-    assert video_info(small)[2] == (48, 32)  # width/4 = 24, clamped into [24, 48]: the original's semantics
+    assert video_info(small)[2] == (36, 24)  # the original's getNewDim: 24x16, the height raised to 24
 
     resp = requests.get(
         local_api + "/retrieveVideo",
@@ -145,6 +146,33 @@ def test_v1_jobs_progress_and_cancel(local_api: str, clip: Path) -> None:
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "Cancelled"
     time.sleep(1.0)
     assert wait_v1(local_api, resp.json()["id"], until=("Cancelled",))["output"] is None
+
+
+def test_client_max_size_and_v1_sizing_and_codec_choice(local_api: str, clip: Path, capsys) -> None:
+    """96x64 with max_size 20: the original's getNewDim gives 20x13 (written 20x12), the aspect sizing 20x13 ->
+    20x12 too but from 20x13.3; (30, 40) tells them apart: original 30x20, aspect 45x30 written 44x30."""
+    assert upload(local_api, "cli/talk.mp4", clip).status_code == 201
+    command = ["video", "submit", "downscale", "cli/talk.mp4", "--max-size", "20"]
+    with pytest.warns(UserWarning, match="verification is off"):
+        assert cli(["--url", local_api, "--insecure", *command]) == 0
+    job = wait_v1(local_api, capsys.readouterr().out.strip())
+    assert (job["sizing"], job["size_requested"], job["size"]) == ("original", "20x13", "20x12")
+    assert job["source_bytes"] == clip.stat().st_size and job["saved_percent"] > 0
+    for sizing, size in (("original", "30x20"), ("aspect", "44x30")):
+        body = {"method": "downscale", "key": "cli/talk.mp4", "min_size": 30, "max_size": 40, "sizing": sizing}
+        body["codec"] = "av1"
+        job = wait_v1(local_api, requests.post(local_api + "/v1/jobs", json=body, verify=False).json()["id"])
+        assert job["status"] == "Completed" and job["size"] == size and job["encoding"]["codec"] == "av1"
+    for body, words in (
+        ({"codec": "vp8"}, "codec must be one of h264, hevc, av1"),
+        ({"codec": "av1", "crf": 20, "qp": 20}, "pass crf or qp, not both"),
+        ({"codec": "hevc", "preset": "8"}, "preset for hevc must be one of"),
+        ({"sizing": "square"}, "sizing must be one of original, aspect"),
+    ):
+        resp = requests.post(
+            local_api + "/v1/jobs", json={"method": "downscale", "key": "cli/talk.mp4", **body}, verify=False
+        )
+        assert resp.status_code == 400 and words in resp.json()["error"], resp.text
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from upscaler.engine import Engine
+from upscaler.media.video import VideoEncoding
 from video_upscaler.pipeline import Interrupted, probe, transcode
 
 ASS_HEADER = (
@@ -184,6 +186,21 @@ def test_segments_keep_variable_frame_rate_timestamps_and_subtitles(tmp_path: Pa
     assert video_info(dst)[1] == video_info(src)[1]  # irregular gaps kept exactly, across segment joins
     assert packets(dst, "audio") == packets(src, "audio")
     assert cues(dst) == cues(src) == [(0.0, b"\x00\x03one"), (1.0, b"\x00\x03two"), (2.0, b"\x00\x05three")]
+
+
+@pytest.mark.parametrize(("codec", "preset"), [("h264", "veryfast"), ("hevc", "ultrafast"), ("av1", "12")])
+@pytest.mark.parametrize("size", [(32, 24), (33, 23)])
+def test_each_codec_round_trips_with_audio_and_subtitles(tmp_path: Path, codec: str, preset: str, size) -> None:
+    src, dst, back = tmp_path / "in.mp4", tmp_path / "small.mp4", tmp_path / "back.mp4"
+    make_clip(src, frames=11, vfr=True, subtitles=("one", "two"))
+    encoding = VideoEncoding.choose(codec, preset=preset)
+    half = lambda rgb: np.ascontiguousarray(np.asarray(Image.fromarray(rgb).resize(size)))  # noqa: E731
+    report = transcode(src, dst, half, size=size, segment_frames=4, encoding=encoding)  # last segment: 3 frames
+    assert report.segments == 3 and probe(dst).codec == codec and video_info(dst)[2] == size
+    transcode(dst, back, lambda rgb: np.asarray(Image.fromarray(rgb).resize((64, 48))), size=(64, 48))
+    for out in (dst, back):  # stored in the codec, then decoded from it
+        assert video_info(out)[:2] == video_info(src)[:2]  # every frame at its own time
+        assert packets(out, "audio") == packets(src, "audio") and cues(out) == cues(src)
 
 
 def test_a_crashed_run_resumes_from_its_checkpoints_with_identical_output(tmp_path: Path) -> None:

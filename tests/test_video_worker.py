@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -10,10 +11,13 @@ import pytest
 
 from tests.test_video_pipeline import make_clip, packets, video_info
 from upscaler.config import Settings
-from upscaler.engine import Engine
+from upscaler.engine import Engine, downscale_size
+from upscaler.errors import InvalidInput
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, Job, SqliteJobStore, SqliteQueue, submit
+from upscaler.media.video import CODECS, VideoEncoding, encoder_available, probe
 from upscaler.providers import LocalUpscaleProvider
 from upscaler.store.local import LocalFolderStore
+from upscaler.videos import encodable_size, job_encoding, original_size
 from video_upscaler.worker import VideoWorker
 
 
@@ -184,3 +188,97 @@ def test_a_cancelled_job_stops_and_leaves_nothing_behind(setup) -> None:
     assert jobs.get(job.id).status == CANCELLED
     assert not store.exists("media", "v-downscaled.mp4") and list(store.list("media", "_checkpoints/")) == []
     assert queue.receive(wait_seconds=0.2) is None and queue.dead_letters() == []
+
+
+#: Sizes computed by hand with the original's getNewDim: width / 4, height = int(new_w / (w / h)), then only the first
+#: of width > max, height > max, width < min, height < min applies. Last column: rounded down to even sides.
+ORIGINAL_SIZES = [
+    # source       min   max    getNewDim    written
+    ((320, 180), 270, 540, (270, 151), (270, 150)),  # width/4 = 80 < 270: the width is raised, not the aspect kept
+    ((1920, 1080), 270, 540, (480, 270), (480, 270)),  # no clamp applies
+    ((1280, 720), 270, 540, (480, 270), (480, 270)),  # 320x180: height < 270 raises it
+    ((640, 360), 200, 540, (200, 112), (200, 112)),
+    ((3840, 2160), 270, 540, (540, 303), (540, 302)),  # 960 > 540
+    ((2160, 3840), 270, 540, (303, 540), (302, 540)),  # portrait: height 960 > 540
+    ((720, 1280), 270, 540, (270, 480), (270, 480)),
+    ((96, 64), 24, 48, (36, 24), (36, 24)),
+    ((1000, 1000), None, 100, (100, 100), (100, 100)),
+    ((333, 200), None, None, (83, 49), (82, 48)),  # no bound: width/4 only
+]
+
+
+@pytest.mark.parametrize(("source", "lo", "hi", "expected", "written"), ORIGINAL_SIZES)
+def test_legacy_sizing_is_the_originals_getnewdim(source, lo, hi, expected, written) -> None:
+    assert original_size(*source, lo, hi) == expected
+    assert encodable_size(expected) == written
+
+
+def test_v1_sizing_keeps_the_aspect_where_the_original_does_not() -> None:
+    assert downscale_size(1920, 1080, None, min_size=270, max_size=540) == (540, 304)
+    assert original_size(1920, 1080, 270, 540) == (480, 270)
+
+
+def test_a_legacy_job_is_sized_as_the_original_and_says_so(setup) -> None:
+    store, jobs, queue, worker, tmp = setup
+    clip = tmp / "wide.mp4"
+    make_clip(clip, frames=3, size=(320, 180))
+    store.put_file("media", "wide.mp4", clip, metadata={}, content_type="video/mp4")
+    job = Job(method="downscale", video="s3://media/wide.mp4", min_size=270, max_size=540, sizing="original")
+    submit(jobs, queue, job)
+    _run_one(queue, worker)
+    done = jobs.get(job.id)
+    out = tmp / "out.mp4"
+    store.get_file("media", "wide-downscaled.mp4", out)
+    assert done.status == COMPLETED and video_info(out)[2] == (270, 150)
+    status = done.legacy_status()
+    assert status["size_requested"] == "270x151" and status["size"] == "270x150" and status["sizing"] == "original"
+    assert status["source_bytes"] == clip.stat().st_size and status["output_bytes"] == out.stat().st_size
+    assert status["saved_percent"] == round(100 * (1 - out.stat().st_size / clip.stat().st_size), 2)
+    assert done.to_v1()["encoding"]["codec"] == "h264"
+
+
+@pytest.mark.parametrize("codec", ["hevc", "av1"])
+def test_a_job_writes_its_chosen_codec_and_upscales_back(setup, codec: str) -> None:
+    store, jobs, queue, worker, tmp = setup
+    _stored_clip(store, tmp, "c.mp4", frames=6)
+    encoding = job_encoding(worker.settings, "downscale", codec=codec, preset="ultrafast" if codec == "hevc" else "12")
+    down = submit(jobs, queue, Job(method="downscale", video="s3://media/c.mp4", scale=2, **encoding.to_dict()))
+    _run_one(queue, worker)
+    done = jobs.get(down.id)
+    assert done.status == COMPLETED, done.error
+    assert done.to_v1()["encoding"] == encoding.to_dict() and done.crf == CODECS[codec].stored_crf
+    small = tmp / "small.mp4"
+    store.get_file("media", "c-downscaled.mp4", small)
+    assert probe(small).codec == codec and video_info(small)[0] == 6
+    up = submit(jobs, queue, Job(method="upscale", video="s3://media/c-downscaled.mp4"))  # decodes the codec
+    _run_one(queue, worker)
+    assert jobs.get(up.id).status == COMPLETED and jobs.get(up.id).size == "64x48"
+
+
+def test_encoding_choices_are_checked_and_name_the_option() -> None:
+    settings = Settings.from_env({})
+    assert job_encoding(settings, "downscale").to_dict() == {"codec": "h264", "crf": 18, "qp": None, "preset": "medium"}
+    assert VideoEncoding.choose("av1", qp=40).options() == {"qp": "40", "preset": "8"}
+    assert VideoEncoding.choose("hevc").options()["x265-params"] == "log-level=error"
+    for kwargs, words in (
+        ({"codec": "vp8"}, "codec must be one of h264, hevc, av1"),
+        ({"codec": "h264", "crf": 60}, "crf must be between 0 and 51 for h264"),
+        ({"codec": "av1", "preset": "medium"}, "preset for av1 must be one of 0, 1"),
+        ({"codec": "hevc", "crf": 20, "qp": 20}, "pass crf or qp, not both"),
+    ):
+        with pytest.raises(InvalidInput, match=words):
+            job_encoding(settings, "downscale", **kwargs)
+    with pytest.raises(InvalidInput, match="UPSCALER_VIDEO_STORED_CODEC must be one of"):
+        job_encoding(settings.replace(video_stored_codec="mpeg2"), "downscale")
+    with pytest.raises(InvalidInput, match="preset for h264"):
+        job_encoding(settings.replace(video_preset="9"), "upscale")
+
+
+def test_an_encoder_missing_from_this_build_is_named() -> None:
+    assert encoder_available("libx264") and not encoder_available("libaom-av1")  # PyAV's wheels ship SVT-AV1 only
+    with pytest.raises(InvalidInput, match="av1-aom needs the libaom-av1 encoder, which this PyAV/FFmpeg build lacks"):
+        try:
+            CODECS["av1-aom"] = dataclasses.replace(CODECS["av1"], name="av1-aom", encoder="libaom-av1")
+            VideoEncoding.choose("av1-aom", option="codec")
+        finally:
+            del CODECS["av1-aom"]

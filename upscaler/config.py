@@ -154,9 +154,17 @@ class Settings:
     video_scratch: str = ""
     #: Model for video upscaling when a job names none (chosen by benchmarks/bench_video.py).
     video_default_model: str = "span"
-    #: H.264 quality of the written video (x264 CRF, lower is better) and speed preset.
+    #: Codec of a stored (downscaled) video: h264 (libx264), hevc (libx265) or av1 (libsvtav1); a job may choose
+    #: another. CRF (-1 = the codec's default, upscaler.media.video.CODECS), or a constant QP instead (-1 = off),
+    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1).
+    video_stored_codec: str = "h264"
+    video_stored_crf: int = -1
+    video_stored_qp: int = -1
+    video_stored_preset: str = ""
+    #: Codec of an upscaled output video (any of the stored codecs), its CRF and preset.
+    video_output_codec: str = "h264"
     video_crf: int = 18
-    video_preset: str = "medium"
+    video_preset: str = ""
     #: Limits of a source video: bytes, seconds, frames, and megapixels of one frame, before and after upscaling.
     video_max_bytes: int = 4 * 1024**3
     video_max_seconds: float = 3 * 3600.0

@@ -14,7 +14,7 @@ from upscaler.config import Settings
 from upscaler.errors import Conflict, InvalidInput
 from upscaler.jobs import CANCELLED, Job, JobQueue, JobStore, submit
 from upscaler.jobs.model import FINAL
-from upscaler.media.video import VideoLimits, probe
+from upscaler.media.video import VideoEncoding, VideoLimits, probe
 from upscaler.providers import UpscaleProvider
 from upscaler.store import ObjectStore
 from upscaler.store.keys import validate_key
@@ -22,6 +22,63 @@ from upscaler.store.keys import validate_key
 #: Sides of a downscaled frame (the original's min_size/max_size) must lie in this range.
 MAX_SIDE = 16384
 CONTAINER_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "matroska": "video/x-matroska", "webm": "video/webm"}
+
+
+def original_size(width: int, height: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    """The original's ``getNewDim``, exactly: width / 4 (truncated), height from the aspect ratio (truncated), then
+    only the first matching clamp: width over ``max_size``, else height over it, else width under ``min_size``, else
+    height under it. A bound that is None is skipped; the result can distort the aspect ratio by a pixel, as the
+    original's did, and is not yet what an encoder accepts (see :func:`encodable_size`)."""
+    aspect = width / height
+    new_w = int(width / 4)
+    new_h = int(new_w / aspect)
+    if max_size is not None and new_w > max_size:
+        new_w, new_h = max_size, int(max_size / aspect)
+    elif max_size is not None and new_h > max_size:
+        new_w, new_h = int(max_size * aspect), max_size
+    elif min_size is not None and new_w < min_size:
+        new_w, new_h = min_size, int(min_size / aspect)
+    elif min_size is not None and new_h < min_size:
+        new_w, new_h = int(min_size * aspect), min_size
+    return new_w, new_h
+
+
+def encodable_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` rounded down to even sides (at least 2): the stored video is 4:2:0, whose chroma planes are half
+    the size, which H.264 and HEVC encoders need whole."""
+    return tuple(max(2, side - side % 2) for side in size)  # type: ignore[return-value]
+
+
+def job_encoding(
+    settings: Settings,
+    method: str,
+    *,
+    codec: str | None = None,
+    crf: int | None = None,
+    qp: int | None = None,
+    preset: str | None = None,
+) -> VideoEncoding:
+    """How a job writes its output: the request's choices, the rest from the settings (the stored codec's for a
+    downscale, the output codec's for an upscale). A job that picks another codec than the settings' gets that
+    codec's own defaults. :class:`InvalidInput` names the option (or setting) to change."""
+    if method == "downscale":
+        setting, default = "UPSCALER_VIDEO_STORED_CODEC", settings.video_stored_codec
+        default_crf, default_qp = settings.video_stored_crf, settings.video_stored_qp
+        default_preset = settings.video_stored_preset
+    else:
+        setting, default = "UPSCALER_VIDEO_OUTPUT_CODEC", settings.video_output_codec
+        default_crf, default_qp, default_preset = settings.video_crf, -1, settings.video_preset
+    own = codec is None or codec == default
+    if own and crf is None and qp is None and default_qp >= 0:
+        qp = default_qp
+    return VideoEncoding.choose(
+        default if codec is None else codec,
+        crf=crf,
+        qp=qp,
+        preset=preset if preset or not own else default_preset,
+        default_crf=default_crf if own else None,
+        option="codec" if codec is not None else setting,
+    )
 
 
 def default_output_key(method: str, key: str) -> str:
@@ -90,10 +147,19 @@ class VideoJobs:
         model: str | None = None,
         endpoint: str | None = None,
         output_key: str | None = None,
+        sizing: str = "aspect",
+        codec: str | None = None,
+        crf: int | None = None,
+        qp: int | None = None,
+        preset: str | None = None,
     ) -> Job:
+        """Check a job completely and submit it. ``sizing`` says how min_size/max_size size a downscale (see
+        :func:`original_size` and :func:`upscaler.engine.downscale_size`); ``codec``/``crf``/``qp``/``preset``
+        choose the output's encoding (see :func:`job_encoding`)."""
         name, key = self.bucket(bucket), validate_key(key)
         if method not in ("downscale", "upscale"):
             raise InvalidInput(f"method must be 'downscale' or 'upscale', got {method!r}")
+        encoding = job_encoding(self.settings, method, codec=codec, crf=crf, qp=qp, preset=preset)
         for label, value in (("min_size", min_size), ("max_size", max_size)):
             if value is not None and not 1 <= value <= MAX_SIDE:
                 raise InvalidInput(f"{label} must be between 1 and {MAX_SIDE}, got {value}")
@@ -121,6 +187,8 @@ class VideoJobs:
             scale=scale,
             max_workers=workers,
             output_key=out,
+            sizing=sizing,
+            **encoding.to_dict(),
         )
         return submit(self.jobs, self.queue, job)
 

@@ -2,14 +2,16 @@
 
 Frames are decoded one by one and handed to ``frame_fn`` on a thread pool (``max_workers`` at a time, at most
 ``2 * max_workers`` frames in flight: memory is bounded by that, not by the video); results are encoded in order
-with libx264 while the next frames decode and run, so decode, model and encode overlap. Every frame keeps its
+(H.264, HEVC or AV1: :class:`~upscaler.media.video.VideoEncoding`) while the next frames decode and run, so decode,
+model and encode overlap. Every frame keeps its
 presentation timestamp, so variable frame rate and A/V sync survive. A frame identical to the one before it (static
-scenes) is processed once. Odd output sizes are encoded in 4:4:4, which H.264 allows at any size; even sizes 4:2:0.
+scenes) is processed once. Even output sizes are encoded in 4:2:0; odd sizes in 4:4:4 with x264/x265 (which need
+whole chroma samples), in 4:2:0 with SVT-AV1 (which pads).
 
-The video is encoded in segments of ``segment_frames`` frames, each a closed, self-contained H.264 stream that
-starts with a keyframe. A finished segment is handed to :class:`Checkpoints` (the worker saves it to the object
+The video is encoded in segments of ``segment_frames`` frames, each a closed, self-contained stream that starts
+with a keyframe. A finished segment is handed to :class:`Checkpoints` (the worker saves it to the object
 store), so a run that dies is resumed from the last saved segment: earlier frames are decoded and skipped, never
-run through the model again. Because the segment boundaries are fixed and x264 is deterministic, a resumed run
+run through the model again. Because the segment boundaries are fixed and the encoders are deterministic, a resumed run
 writes the same bytes as an uninterrupted one. Each segment's timestamps start at zero (MP4 would otherwise round a
 non-zero start to its movie timescale through the edit list); the join adds each segment's start back. When
 ``stop()`` turns true, the segment in progress is cut short at the current frame, saved, and :class:`Interrupted`
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import itertools
 import tempfile
 import time
 from collections import deque
@@ -34,8 +37,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from upscaler.errors import UndecodableImage, UnsupportedMedia
-from upscaler.media.video import probe
+from upscaler.errors import InvalidInput, UndecodableImage, UnsupportedMedia
+from upscaler.media.video import VideoEncoding, probe
 
 __all__ = ["Checkpoints", "Interrupted", "TranscodeReport", "probe", "transcode"]
 
@@ -79,23 +82,31 @@ class TranscodeReport:
 
 
 class _SegmentWriter:
-    """One H.264 segment file: frames in (with their source pts), a closed stream out."""
+    """One segment file: frames in (with their source pts), a closed stream out."""
 
     def __init__(
-        self, path: Path, *, start: int, size: tuple[int, int], rate: Fraction, time_base: Fraction, options: dict
+        self,
+        path: Path,
+        *,
+        start: int,
+        size: tuple[int, int],
+        rate: Fraction,
+        time_base: Fraction,
+        encoding: VideoEncoding,
     ) -> None:
         import av
 
         self.path, self.start = path, start
         self.frames = 0
         self.container = av.open(str(path), "w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream = self.container.add_stream(encoding.spec.encoder, rate=rate)
         self.stream.width, self.stream.height = size
-        self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+        self.stream.pix_fmt = encoding.pix_fmt(size)
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
-        self.stream.options = options
-        self.time_base = time_base
+        self.stream.options = encoding.options()
+        self.time_base, self.encoding, self.size = time_base, encoding, size
+        self.packets: list[Any] = []  # muxed at close, once their decode timestamps are known to be sound
 
     def write(self, rgb: np.ndarray, pts: int, duration: int) -> None:
         import av
@@ -104,18 +115,56 @@ class _SegmentWriter:
         frame.pts, frame.time_base = pts - self.start, self.time_base
         if duration:
             frame.duration = duration  # the packet keeps it: the last frame lasts as long as in the source
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        self._encode(frame)
         self.frames += 1
 
+    def _encode(self, frame: Any) -> None:
+        import av
+
+        try:
+            self.packets.extend(self.stream.encode(frame))
+        except av.FFmpegError as exc:
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: Exception) -> InvalidInput:
+        """The encoder refused its settings or this frame size: the job's choice, not the source's fault."""
+        w, h = self.size
+        return InvalidInput(f"{self.encoding.label()} cannot write {w}x{h} frames: {exc}")
+
     def close(self) -> None:
-        for packet in self.stream.encode(None):
-            self.container.mux(packet)
+        import av
+
+        self._encode(None)
+        _sound_dts(self.packets)
+        try:
+            for packet in self.packets:
+                self.container.mux(packet)
+        except av.FFmpegError as exc:
+            raise self._refused(exc) from None
         self.container.close()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # a half-written segment is thrown away anyway
             self.container.close()
+
+
+def _sound_dts(packets: list[Any]) -> None:
+    """Give the packets (in decode order) valid decode timestamps when the encoder's are not: libx265 reports a
+    garbage dts for the first packet of a stream shorter than its B-frame delay (a segment's last few frames).
+    dts is then the presentation times in order, delayed by the stream's reorder depth, so dts <= pts and it rises."""
+    pts = [p.pts for p in packets]
+    dts = [p.dts for p in packets]
+    if None in pts or not packets:
+        return
+    order = sorted(pts)
+    tick = min((b - a for a, b in itertools.pairwise(order) if b > a), default=1)
+    reach = order[-1] - order[0] + len(packets) * tick  # no sound dts lies further before its pts
+    if None not in dts and all(0 <= p - d <= reach for d, p in zip(dts, pts, strict=True)) and dts == sorted(set(dts)):
+        return
+    rank = {value: i for i, value in enumerate(order)}
+    delay = max(0, *(i - rank[p] for i, p in enumerate(pts)))
+    for i, packet in enumerate(packets):
+        packet.dts = order[i - delay] if i >= delay else order[0] - (delay - i) * tick
 
 
 def transcode(
@@ -125,15 +174,15 @@ def transcode(
     *,
     size: tuple[int, int],
     max_workers: int = 2,
-    crf: int = 18,
-    preset: str = "medium",
+    encoding: VideoEncoding | None = None,
     progress: Progress | None = None,
     segment_frames: int = 0,
     checkpoints: Checkpoints | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> TranscodeReport:
     """Write ``dst`` (MP4): every video frame of ``src`` through ``frame_fn`` (RGB uint8 HxWx3 -> RGB uint8 of
-    ``size`` = (width, height)), audio and subtitles copied. ``segment_frames`` = 0 makes one segment."""
+    ``size`` = (width, height)), audio and subtitles copied, the video written as ``encoding`` says (default: H.264
+    at crf 18, preset medium). ``segment_frames`` = 0 makes one segment."""
     import av
 
     start = time.perf_counter()
@@ -148,7 +197,7 @@ def transcode(
         vin = src_c.streams.video[0]
         vin.thread_type = "AUTO"
         rate = vin.average_rate or Fraction(25)
-        options = {"crf": str(crf), "preset": preset}
+        encoding = encoding or VideoEncoding.choose("h264", crf=18)
         total = vin.frames or None
         saved = checkpoints.saved() if checkpoints else []
         resumed = sum(saved)
@@ -225,7 +274,7 @@ def transcode(
                                 size=size,
                                 rate=rate,
                                 time_base=vin.time_base,
-                                options=options,
+                                encoding=encoding,
                             )
                         rgb = frame.to_ndarray(format="rgb24")
                         key = hashlib.blake2b(rgb.tobytes(), digest_size=16).digest()
@@ -285,7 +334,7 @@ def _join(
     parts = [av.open(str(p)) for p, _ in segments]
     try:
         with av.open(str(src)) as src_c, av.open(str(dst), "w", format="mp4") as out:
-            vout = out.add_stream_from_template(parts[0].streams.video[0])
+            vout = out.add_stream_from_template(parts[0].streams.video[0], opaque=True)  # no encoder needed
             copies, dropped = {}, []
             for stream in src_c.streams:
                 if stream.type in ("audio", "subtitle"):

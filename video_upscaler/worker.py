@@ -32,11 +32,11 @@ from upscaler.engine import Engine, downscale_size
 from upscaler.errors import Conflict, NotFound, UpscalerError
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
 from upscaler.jobs.model import FINAL
-from upscaler.media.video import probe
+from upscaler.media.video import CODECS, VideoEncoding, probe
 from upscaler.providers import UpscaleProvider
 from upscaler.sources import parse_s3_url
 from upscaler.store import ObjectStore
-from upscaler.videos import default_output_key, video_limits
+from upscaler.videos import default_output_key, encodable_size, job_encoding, original_size, video_limits
 from video_upscaler import metrics
 from video_upscaler.pipeline import Interrupted, transcode
 
@@ -154,7 +154,7 @@ class VideoWorker:
         started = time.perf_counter()
         outcome = "failed"
         try:
-            output, frames, resumed = self._process(job, stop)
+            output, frames, resumed, written = self._process(job, stop)
             self.jobs.transition(
                 job.id,
                 COMPLETED,
@@ -164,10 +164,14 @@ class VideoWorker:
                 frames_total=frames,
                 resumed_frames=resumed,
                 error=None,
+                **written,
             )
             self.queue.delete(message)
             outcome = "completed"
-            log.info("job completed", extra={"job": job.id, "frames": frames, "resumed": resumed, "output": output})
+            log.info(
+                "job completed",
+                extra={"job": job.id, "frames": frames, "resumed": resumed, "output": output, **written},
+            )
         except Interrupted as exc:
             self._give_back(job, message, exc.frames_done)
             outcome = "interrupted"
@@ -224,7 +228,7 @@ class VideoWorker:
         bucket, _ = parse_s3_url(job.video)
         return StoreCheckpoints(self.store, bucket, f"{self.settings.video_checkpoint_prefix}{job.id}/", fingerprint)
 
-    def _process(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int]:
+    def _process(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int, dict[str, object]]:
         bucket, key = parse_s3_url(job.video)
         out_key = job.output_key or default_output_key(job.method, key)
         settings = self.settings
@@ -237,16 +241,25 @@ class VideoWorker:
             info = probe(src)
             width, height = info.width, info.height
             metadata: dict[str, str] = {"job": job.id}
+            encoding = (
+                VideoEncoding(job.codec, job.crf, job.qp, job.preset or CODECS[job.codec].default_preset)
+                if job.codec in CODECS
+                else job_encoding(settings, job.method)  # a job submitted before codecs were a choice
+            )
             if job.method == "downscale":
-                factor = None if (job.min_size or job.max_size) else (job.scale or float(settings.default_scale))
-                size = downscale_size(width, height, factor, min_size=job.min_size, max_size=job.max_size)
+                if job.sizing == "original":
+                    requested = original_size(width, height, job.min_size, job.max_size)
+                else:
+                    factor = None if (job.min_size or job.max_size) else (job.scale or float(settings.default_scale))
+                    requested = downscale_size(width, height, factor, min_size=job.min_size, max_size=job.max_size)
+                size = encodable_size(requested)
                 metadata.update({ORIGINAL_WIDTH: str(width), ORIGINAL_HEIGHT: str(height)})
 
                 def fn(rgb: np.ndarray) -> np.ndarray:
                     return np.asarray(self.engine.downscale(rgb, size=size))
             else:
                 scale = settings.default_scale
-                size = (
+                size = requested = (
                     int(source.metadata.get(ORIGINAL_WIDTH, width * scale)),
                     int(source.metadata.get(ORIGINAL_HEIGHT, height * scale)),
                 )
@@ -255,7 +268,7 @@ class VideoWorker:
                     return np.asarray(self.provider.upscale(rgb, size=size, model=job.model, endpoint=job.endpoint))
 
             self.limits.check(info, size)
-            fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{settings.video_crf}:{settings.video_preset}"
+            fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{encoding.label()}"
             checkpoints = self._checkpoints(job, fingerprint)
             last = [time.monotonic()]
 
@@ -274,8 +287,7 @@ class VideoWorker:
                 fn,
                 size=size,
                 max_workers=max(1, job.max_workers),
-                crf=settings.video_crf,
-                preset=settings.video_preset,
+                encoding=encoding,
                 progress=progress,
                 segment_frames=settings.video_segment_frames,
                 checkpoints=checkpoints,
@@ -288,5 +300,12 @@ class VideoWorker:
                 )
                 metadata["dropped-streams"] = ",".join(report.dropped_streams)
             self.store.put_file(bucket, out_key, dst, metadata=metadata, content_type="video/mp4")
+            written = {
+                "size_requested": f"{requested[0]}x{requested[1]}",
+                "size": f"{size[0]}x{size[1]}",
+                "source_bytes": source.size,
+                "output_bytes": dst.stat().st_size,
+                **encoding.to_dict(),
+            }
         checkpoints.clear()
-        return f"s3://{bucket}/{out_key}", report.frames, report.resumed_frames
+        return f"s3://{bucket}/{out_key}", report.frames, report.resumed_frames, written

@@ -25,6 +25,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     CANCELLED: frozenset(),
 }
 METHODS = ("downscale", "upscale")
+SIZINGS = ("original", "aspect")
 
 
 @dataclass
@@ -45,6 +46,21 @@ class Job:
     max_workers: int = 4
     #: Where the output goes (key in the video's bucket); None = next to the source, named as the original did.
     output_key: str | None = None
+    #: How a downscale sizes the stored video from min_size/max_size: "original" (the original's getNewDim, legacy
+    #: /storeVideo) or "aspect" (aspect kept, /v1/jobs); see upscaler.videos.
+    sizing: str = "aspect"
+    #: How the job's output is encoded (chosen at submit, from the request or the settings): codec (h264, hevc,
+    #: av1), CRF or constant QP, preset.
+    codec: str | None = None
+    crf: int | None = None
+    qp: int | None = None
+    preset: str | None = None
+    #: Frame sizes "WxH": what the sizing rule asked for, and what was written (rounded to even sides for 4:2:0).
+    size_requested: str | None = None
+    size: str | None = None
+    #: Bytes of the source and of the output, once Completed.
+    source_bytes: int | None = None
+    output_bytes: int | None = None
     frames_done: int = 0
     #: Frames the last run took from checkpoints of an earlier, interrupted run (not done again).
     resumed_frames: int = 0
@@ -61,6 +77,27 @@ class Job:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.status not in STATES:
             raise InvalidInput(f"unknown job status {self.status!r}")
+        if self.sizing not in SIZINGS:
+            raise InvalidInput(f"sizing must be one of {', '.join(SIZINGS)}, got {self.sizing!r}")
+
+    @property
+    def saved_percent(self) -> float | None:
+        """How much smaller the stored (downscaled) video is than its source, in percent (negative: larger)."""
+        if self.method != "downscale" or not self.source_bytes or self.output_bytes is None:
+            return None
+        return round(100.0 * (1 - self.output_bytes / self.source_bytes), 2)
+
+    def outcome(self) -> dict[str, Any]:
+        """Sizes, encoding and bytes: what the job wrote, for both status objects."""
+        return {
+            "sizing": self.sizing,
+            "size_requested": self.size_requested,
+            "size": self.size,
+            "encoding": {"codec": self.codec, "crf": self.crf, "qp": self.qp, "preset": self.preset},
+            "source_bytes": self.source_bytes,
+            "output_bytes": self.output_bytes,
+            "saved_percent": self.saved_percent,
+        }
 
     @property
     def progress(self) -> float | None:
@@ -99,6 +136,7 @@ class Job:
             out["error"] = self.error
         out["frames_done"], out["frames_total"] = self.frames_done, self.frames_total
         out["progress"] = self.progress
+        out.update(self.outcome())
         return out
 
     def to_v1(self) -> dict[str, Any]:
@@ -119,6 +157,7 @@ class Job:
             "resumed_frames": self.resumed_frames,
             "error": self.error,
             "attempts": self.attempts,
+            **self.outcome(),
             "timings": {
                 "created_at": self.created_at,
                 "started_at": started,

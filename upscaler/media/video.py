@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from upscaler.errors import TooLarge, UndecodableImage, UnsupportedMedia
+from upscaler.errors import InvalidInput, TooLarge, UndecodableImage, UnsupportedMedia
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,131 @@ def probe(path: Path) -> VideoInfo:
                 frames=v.frames or None,
                 duration=duration,
                 rate=float(v.average_rate) if v.average_rate else None,
-                codec=v.codec_context.name,
+                codec=v.codec_context.codec.canonical_name,  # "av1", not its decoder "libdav1d"
                 streams=tuple(s.type for s in container.streams),
             )
     except av.FFmpegError as exc:
         raise UndecodableImage(f"video cannot be read: {exc}") from None
+
+
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+@dataclass(frozen=True)
+class VideoCodec:
+    """A codec a job's video may be written in, and the FFmpeg encoder (in PyAV's build) that writes it."""
+
+    name: str
+    encoder: str
+    #: Highest CRF/QP the encoder takes (0 is the best quality).
+    max_quantizer: int
+    presets: tuple[str, ...]
+    default_preset: str
+    #: The stored video's CRF when none is asked for (see benchmarks/bench_video.py, table of stored codecs).
+    stored_crf: int
+    #: Whether 4:2:0 is accepted at odd frame sizes (else odd sizes are written in 4:4:4, or refused).
+    odd_420: bool
+    yuv444: bool
+    #: Options that keep the encoder's console quiet (x265 prints a banner and statistics on stderr otherwise).
+    quiet: tuple[tuple[str, str], ...] = ()
+
+
+#: The codecs a job may choose (option ``codec``). Option names and ranges are FFmpeg's: libx264/libx265 take
+#: ``crf``/``qp`` 0-51 and a named ``preset``; libsvtav1 takes ``crf``/``qp`` 0-63 and a numbered ``preset``
+#: (0 slowest .. 13 fastest).
+CODECS: dict[str, VideoCodec] = {
+    "h264": VideoCodec("h264", "libx264", 51, X26X_PRESETS, "medium", 18, odd_420=False, yuv444=True),
+    "hevc": VideoCodec(
+        "hevc",
+        "libx265",
+        51,
+        X26X_PRESETS,
+        "medium",
+        20,
+        odd_420=False,
+        yuv444=True,
+        quiet=(("x265-params", "log-level=error"),),
+    ),
+    "av1": VideoCodec("av1", "libsvtav1", 63, tuple(str(i) for i in range(14)), "8", 30, odd_420=True, yuv444=False),
+}
+
+
+def encoder_available(encoder: str) -> bool:
+    """Whether PyAV's FFmpeg build has the encoder ``encoder`` (asked at run time: builds differ)."""
+    import av
+
+    try:
+        av.codec.Codec(encoder, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """How a job's video is written: codec, rate control (CRF, or a constant QP) and speed preset."""
+
+    codec: str
+    crf: int | None
+    qp: int | None
+    preset: str
+
+    @classmethod
+    def choose(
+        cls,
+        codec: str,
+        *,
+        crf: int | None = None,
+        qp: int | None = None,
+        preset: str | None = None,
+        default_crf: int | None = None,
+        option: str = "codec",
+    ) -> VideoEncoding:
+        """Check the choice against the codecs and this machine's encoders; :class:`InvalidInput` naming
+        ``option`` (the flag or setting the caller passes the codec as) when it cannot be used."""
+        spec = CODECS.get(codec)
+        if spec is None:
+            raise InvalidInput(f"{option} must be one of {', '.join(CODECS)}, got {codec!r}")
+        if not encoder_available(spec.encoder):
+            usable = [name for name, c in CODECS.items() if encoder_available(c.encoder)]
+            raise InvalidInput(
+                f"{option}={codec} needs the {spec.encoder} encoder, which this PyAV/FFmpeg build lacks; "
+                f"pass {option} as one of: {', '.join(usable) or 'none available'}"
+            )
+        if crf is not None and qp is not None:
+            raise InvalidInput("pass crf or qp, not both (crf: constant quality, qp: constant quantizer)")
+        for label, value in (("crf", crf), ("qp", qp)):
+            if value is not None and not 0 <= value <= spec.max_quantizer:
+                raise InvalidInput(f"{label} must be between 0 and {spec.max_quantizer} for {codec}, got {value}")
+        preset = spec.default_preset if preset in (None, "") else str(preset)
+        if preset not in spec.presets:
+            raise InvalidInput(f"preset for {codec} must be one of {', '.join(spec.presets)}, got {preset!r}")
+        if qp is None and crf is None:
+            crf = spec.stored_crf if default_crf is None or default_crf < 0 else default_crf
+            if not 0 <= crf <= spec.max_quantizer:
+                raise InvalidInput(f"crf must be between 0 and {spec.max_quantizer} for {codec}, got {crf}")
+        return cls(codec, crf, qp, preset)
+
+    @property
+    def spec(self) -> VideoCodec:
+        return CODECS[self.codec]
+
+    def options(self) -> dict[str, str]:
+        """The encoder's options (FFmpeg's names)."""
+        rate = {"qp": str(self.qp)} if self.qp is not None else {"crf": str(self.crf)}
+        return {**rate, "preset": self.preset, **dict(self.spec.quiet)}
+
+    def pix_fmt(self, size: tuple[int, int]) -> str:
+        """4:2:0 when the encoder takes it at this size, else 4:4:4 (x264/x265 at odd sizes)."""
+        if (size[0] % 2 == 0 and size[1] % 2 == 0) or self.spec.odd_420:
+            return "yuv420p"
+        if self.spec.yuv444:
+            return "yuv444p"
+        raise InvalidInput(f"codec {self.codec} cannot write a {size[0]}x{size[1]} video (odd sides)")
+
+    def label(self) -> str:
+        rate = f"qp {self.qp}" if self.qp is not None else f"crf {self.crf}"
+        return f"{self.codec} ({self.spec.encoder}, {rate}, preset {self.preset})"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"codec": self.codec, "crf": self.crf, "qp": self.qp, "preset": self.preset}
