@@ -250,6 +250,8 @@ class TorchNetwork:
         if not self.on_gpu and threads > 0:
             torch.set_num_threads(threads)
         self.memory_format = torch.channels_last if self.on_gpu else torch.contiguous_format
+        if self.on_gpu:
+            torch.backends.cudnn.benchmark = True  # tiles and frames repeat their sizes: pick the fastest kernels once
         module = GraphModule(graph).eval()
         self.module = module.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
         self._lock = threading.Lock() if self.on_gpu else None
@@ -296,6 +298,8 @@ class TorchNetwork:
         through pinned memory.
         """
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        if not frames.flags.writeable:  # torch wraps arrays it may write to; a read-only one is copied once
+            frames = frames.copy()
         n, h, w, c = frames.shape
         out = np.empty((n, h * self.scale, w * self.scale, c), np.uint8)
         if not self.on_gpu:
