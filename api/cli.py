@@ -123,7 +123,7 @@ def _plan_sources(source: str, limit: int | None) -> list[tuple[str, object]]:
     return items[:limit] if limit else items
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".avif", ".jxl", ".tif", ".tiff", ".bmp", ".gif"}
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -277,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         description="For each image under SOURCE (a folder, a file, or s3://bucket/prefix), find the smallest "
         "stored form whose retrieval meets TARGET, as POST /store with 'target' would, without storing anything; "
         "then print the total savings, the fidelity distribution, the forms chosen and the cost of deciding. "
-        "Example: upscaler plan psnr:35 ~/photos",
+        "Example: upscaler plan psnr:35 ~/photos; 'upscaler plan exact ~/photos' for the lossless tier (a JPEG "
+        "recompressed into JPEG XL gives back the very file), 'upscaler plan bpp:0.1 ~/photos' for a byte budget",
     )
-    plan.add_argument("target", help="psnr:<dB> (Y channel), ssim:<0..1>, or a number of dB")
+    plan.add_argument(
+        "target",
+        help="psnr:<dB> (Y channel), ssim:<0..1> or a number of dB, each with :fast for the cheaper search; "
+        "exact (the original file back, byte for byte); bpp:<bits per pixel> or bytes:<n> (best fidelity within)",
+    )
     plan.add_argument("source", help="folder, image file, or s3://bucket/prefix")
     plan.add_argument("--limit", type=int, default=None, help="at most this many images")
     plan.add_argument("-v", "--verbose", action="store_true", help="one line per image")

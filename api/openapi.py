@@ -87,20 +87,32 @@ _STORE_QUERY = [
     {
         "name": "codec",
         "in": "query",
-        "schema": {"type": "string", "enum": ["avif", "webp", "webp-lossless", "jpeg", "png"]},
+        "schema": {
+            "type": "string",
+            "enum": ["avif", "avif-420", "jxl", "jxl-lossless", "webp", "webp-lossless", "jpeg", "png"],
+        },
     },
     {"name": "quality", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "model", "in": "query", "schema": {"type": "string"}},
     {
         "name": "target",
         "in": "query",
-        "schema": {"type": "string", "pattern": r"^((psnr|ssim):)?[0-9]+(\.[0-9]+)?(:(fast|exact))?$"},
+        "schema": {
+            "type": "string",
+            "pattern": r"^(exact|(bpp|bytes):[0-9]+(\.[0-9]+)?|((psnr|ssim):)?[0-9]+(\.[0-9]+)?(:(fast|exact))?)$",
+        },
         "description": "quality target: the smallest stored form whose retrieval meets it (psnr:35, ssim:0.95); "
-        "append :fast to search with bicubic and verify the choice with the model once (psnr:35:fast)",
+        "append :fast to search with bicubic and verify the choice with the model once (psnr:35:fast); "
+        "'exact' for the smallest form that gives back the original file byte for byte (a JPEG recompressed "
+        "into JPEG XL); a byte budget bpp:0.1 or bytes:50000 for the best PSNR-Y within it",
     },
 ]
 _RETRIEVE_QUERY = [
-    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["png", "jpeg", "webp", "avif", "tiff"]}},
+    {
+        "name": "format",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["png", "jpeg", "webp", "avif", "jxl", "tiff", "gif", "bmp"]},
+    },
     {"name": "quality", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "scale", "in": "query", "schema": {"type": "number", "minimum": 1, "maximum": 16}},
     {"name": "model", "in": "query", "schema": {"type": "string"}},

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 #: Extensions the bench reads (compared in lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".tif", ".tiff", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".jxl", ".tif", ".tiff", ".bmp", ".gif")
 HEADER = "image_path"
 
 

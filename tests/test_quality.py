@@ -3,18 +3,19 @@ retrieval), falls back to the original bytes when nothing smaller does, and neve
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from upscaler import metrics
+from upscaler import media, metrics
 from upscaler.config import Settings
 from upscaler.engine import Engine
 from upscaler.errors import InvalidInput
 from upscaler.providers import open_provider
-from upscaler.quality import Target
+from upscaler.quality import FORMS, Candidate, Target
 from upscaler.service import S3CommonUpscaler
 from upscaler.store.local import LocalFolderStore
 
@@ -67,15 +68,98 @@ def test_the_stored_form_meets_the_target_on_a_real_retrieval(service: S3CommonU
     assert decision["candidates_tried"] >= 1 or decision["codec"] == "original"  # tiny graphics: nothing smaller
 
 
-def test_an_unreachable_target_keeps_the_original_bytes(service: S3CommonUpscaler) -> None:
+def test_an_unreachable_target_keeps_the_original_file(service: S3CommonUpscaler) -> None:
+    """Nothing lossy reaches 80 dB: the JPEG is kept as the original file, recompressed into JPEG XL (smaller), and
+    given back byte for byte."""
     original = _images()["photo.jpg"]
     stored = service.store_image(original, bucket="media", key="exact.jpg", target="psnr:80")
-    assert stored.record.stored_codec == "original" and stored.record.stored_bytes == len(original)
-    assert stored.record.fidelity is None and stored.to_dict()["saved_percent"] == 0
+    assert stored.record.stored_codec == "jxl-jpeg" and stored.record.stored_bytes < len(original)
+    assert stored.record.fidelity is None and stored.to_dict()["saved_percent"] > 0
     back = service.retrieve_image(bucket="media", key="exact.jpg")
-    assert back.data == original  # byte for byte
+    assert back.data == original and back.content_type == "image/jpeg"  # byte for byte
     as_png = service.retrieve_image(bucket="media", key="exact.jpg", format="png")
     assert metrics.psnr(Image.open(io.BytesIO(original)), Image.open(io.BytesIO(as_png.data))) == float("inf")
+
+
+def test_exact_gives_back_the_original_jpeg_byte_for_byte_from_fewer_bytes(service: S3CommonUpscaler) -> None:
+    for name in ("photo.jpg", "smooth.jpg"):
+        original = _images()[name]
+        stored = service.store_image(original, bucket="media", key=f"exact/{name}", target="exact")
+        assert stored.record.stored_codec == "jxl-jpeg" and stored.record.stored_bytes < len(original)
+        assert stored.record.target == "exact" and stored.to_dict()["decision"]["fidelity"] is None
+        back = service.retrieve_image(bucket="media", key=f"exact/{name}")
+        assert hashlib.sha256(back.data).hexdigest() == stored.record.sha256 == hashlib.sha256(original).hexdigest()
+        # a full-size form runs no model: a model that does not exist is never asked for
+        assert service.retrieve_image(bucket="media", key=f"exact/{name}", model="no-such-model").data == original
+        plan = service.decide(original, "exact")
+        assert plan.form.codec == "jxl-jpeg" and plan.model_runs == 0
+
+
+def test_exact_on_a_png_is_a_smaller_lossless_form_only_when_the_file_comes_back_identical(
+    service: S3CommonUpscaler,
+) -> None:
+    pillow_png = _images()["graphic.png"]  # written as our restore writes PNG: a lossless form restores it exactly
+    stored = service.store_image(pillow_png, bucket="media", key="exact/graphic.png", target="exact")
+    assert stored.record.stored_codec in media.LOSSLESS_CODECS and stored.record.stored_bytes < len(pillow_png)
+    assert service.retrieve_image(bucket="media", key="exact/graphic.png").data == pillow_png
+    from skimage import data
+
+    other_png = _file(data.astronaut()[:64, :64], "PNG", compress_level=9)  # not what our encoder writes
+    stored = service.store_image(other_png, bucket="media", key="exact/other.png", target="exact")
+    assert stored.record.stored_bytes <= len(other_png)
+    assert service.retrieve_image(bucket="media", key="exact/other.png").data == other_png
+
+
+@pytest.mark.parametrize("budget", ["bpp:0.4", "bpp:1", "bytes:1500", "bytes:4000"])
+def test_a_byte_budget_is_never_exceeded_and_buys_the_best_fidelity_found(
+    service: S3CommonUpscaler, budget: str
+) -> None:
+    original = _images()["smooth.jpg"]
+    goal = Target.parse(budget)
+    stored = service.store_image(original, bucket="media", key=f"budget/{budget}.jpg", target=budget)
+    assert stored.record.stored_bytes <= goal.max_bytes(128 * 128 / 1e6)
+    back = service.retrieve_image(bucket="media", key=f"budget/{budget}.jpg")
+    score = metrics.psnr(Image.open(io.BytesIO(original)), Image.open(io.BytesIO(back.data)))
+    fidelity = stored.to_dict()["decision"]["fidelity"]
+    assert score == (pytest.approx(fidelity, abs=1e-3) if fidelity is not None else float("inf"))
+    decision = service.decide(original, budget)
+    assert decision.best_of and all(f.score <= decision.form.score for f in decision.best_of.values())
+    assert all(f.bytes <= goal.max_bytes(decision.megapixels) for f in decision.best_of.values())
+
+
+def test_a_budget_nothing_fits_is_refused_naming_the_smallest_size(service: S3CommonUpscaler) -> None:
+    with pytest.raises(InvalidInput, match=r"give a larger budget \(e\.g\. 'bytes:\d+'\)"):
+        service.store_image(_images()["photo.jpg"], bucket="media", key="budget/none.jpg", target="bytes:20")
+
+
+def test_the_choice_is_never_larger_than_one_codec_tuned_to_the_target(service: S3CommonUpscaler) -> None:
+    """Each codec at full size, its integer quality searched to the target, is one of the search's candidates."""
+    original = _images()["photo.jpg"]
+    chosen = service.decide(original, "psnr:36")
+    single = service.decide(
+        original, "psnr:36", forms=tuple(Candidate(1.0, c) for c in ("avif-420", "avif", "jxl", "webp")), prune=False
+    )
+    assert set(single.best_of) == {"x1 avif-420", "x1 avif", "x1 jxl", "x1 webp"} and single.model_runs == 0
+    for form in single.best_of.values():
+        assert single.target.met(form.score) and chosen.form.bytes <= form.bytes
+        # the smallest integer quality: the one below it was measured, and misses
+        below = [
+            score
+            for scale, codec, quality, _, score in single.tried
+            if (codec, quality) == (form.codec, form.quality - 1)
+        ]
+        assert form.quality == 1 or (below and not single.target.met(below[0]))
+
+
+def test_the_default_target_applies_only_to_stores_that_ask_for_nothing(tmp_path) -> None:
+    settings = Settings.from_env({"UPSCALER_DEFAULT_TARGET": "exact"}, ncnn_threads=2)
+    engine = Engine(settings)
+    svc = S3CommonUpscaler(LocalFolderStore(tmp_path), open_provider(settings, engine), engine, settings)
+    original = _images()["photo.jpg"]
+    stored = svc.store_image(original, bucket="media", key="default.jpg")
+    assert stored.record.target == "exact" and stored.record.stored_codec == "jxl-jpeg"
+    fixed = svc.store_image(original, bucket="media", key="fixed.jpg", scale=2)
+    assert fixed.record.target == "" and fixed.record.stored_codec == "avif" and fixed.record.scale == 2
 
 
 def test_a_low_target_downscales_and_saves_most_bytes(service: S3CommonUpscaler) -> None:
@@ -91,12 +175,13 @@ def test_a_tiny_file_nothing_beats_is_stored_as_it_came(service: S3CommonUpscale
     assert stored.record.stored_bytes <= len(tiny)
 
 
-def test_the_fast_search_runs_the_model_once_and_costs_at_most_a_little_more(service: S3CommonUpscaler) -> None:
+def test_the_fast_search_runs_the_model_a_few_times_and_costs_at_most_a_little_more(service: S3CommonUpscaler) -> None:
     original = _images()["smooth.jpg"]
     exact = service.decide(original, "psnr:28")
     fast = service.decide(original, "psnr:28:fast")
-    assert fast.target.met(fast.form.score) and fast.model_runs == 1 < exact.model_runs
-    assert exact.form.bytes <= fast.form.bytes <= len(original)
+    assert fast.target.met(fast.form.score) and 1 <= fast.model_runs <= 5 < exact.model_runs
+    # on this 128-px image bicubic's gain is misjudged by up to 15 %; benchmarks/bench_quality.py measures the total
+    assert exact.form.bytes <= fast.form.bytes <= min(1.2 * exact.form.bytes, len(original))
     assert fast.describe()["search"] == "fast" and str(fast.target) == "psnr>=28 (fast)"
 
 
@@ -116,12 +201,15 @@ def test_a_fast_guess_the_model_misses_sends_the_exact_search_on() -> None:
     def real(scale: float, data: bytes) -> np.ndarray:
         return original if scale == 1 else np.full_like(original, 40)  # only full size truly meets 30 dB
 
-    decision = choose_form(original, bytes(5000), goal, encode, real, proxy=proxy)
+    forms = tuple(c for c in FORMS if c.codec != "jxl-jpeg")  # not a JPEG
+    decision = choose_form(original, bytes(5000), goal, encode, real, proxy=proxy, forms=forms)
     assert decision.form.scale == 1 and decision.target.met(decision.form.score)
     assert decision.model_runs >= 2  # the failed check, then the exact search's own runs
 
 
-@pytest.mark.parametrize("bad", ["psnr:5", "ssim:1.5", "vmaf:90", "psnr:abc", "ssim:-0.1", "psnr:35:slow"])
+@pytest.mark.parametrize(
+    "bad", ["psnr:5", "ssim:1.5", "vmaf:90", "psnr:abc", "ssim:-0.1", "psnr:35:slow", "bpp:0", "bytes:-5", "exactly"]
+)
 def test_bad_targets_are_refused(service: S3CommonUpscaler, bad: str) -> None:
     with pytest.raises(InvalidInput):
         service.store_image(_images()["photo.jpg"], bucket="media", key="bad.jpg", target=bad)

@@ -81,6 +81,13 @@ class Settings:
     upscaler: str = "local"
     #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
     allowed_endpoints: tuple[str, ...] = ()
+    #: Quality target applied to stores that give none and no scale/codec/quality either (psnr:35, ssim:0.95,
+    #: exact, bpp:0.1, bytes:50000; see upscaler/quality.py); empty = the fixed form above.
+    default_target: str = ""
+    #: Encoder effort of the stored forms: AVIF speed (0 slowest/smallest .. 10) and JPEG XL effort (1 fastest ..
+    #: 9), chosen by benchmarks/bench_codecs.py --efforts (bytes against seconds).
+    avif_speed: int = 6
+    jxl_effort: int = 7
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
     sagemaker_dialect: str = "byoc"
     #: Endpoints that are JumpStart Stable Diffusion x4 upscalers (spoken to in that dialect whatever the default).

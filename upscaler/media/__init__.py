@@ -11,8 +11,8 @@ small image is stored with, and re-encoding the upscaled image as the original f
 
 Decisions, so that nothing surprising happens silently:
 
-* Formats read: JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF, recognised from their magic bytes (never from a name or a
-  MIME type). Anything else is 415; SVG, PDF, HEIC and the like are named in the message.
+* Formats read: JPEG, PNG, WebP, AVIF, JPEG XL, GIF, BMP, TIFF, recognised from their magic bytes (never from a
+  name or a MIME type). Anything else is 415; SVG, PDF, HEIC and the like are named in the message.
 * Limits come first: bytes before anything, then the header's width x height before any pixel is decoded.
   Pillow's own decompression-bomb guard is left as configured, and also answers 413.
 * Animated GIF/WebP/PNG/AVIF are refused (415): one frame of an animation is not the original; store it as video.
@@ -35,10 +35,19 @@ from upscaler.media.formats import FORMATS, FormatInfo, content_type_for, extens
 from upscaler.media.reading import SUPPORTED_MODES, Decoded, DecodeLimits, decode, estimate_jpeg_quality
 from upscaler.media.record import RECORD_VERSION, ImageRecord, InvalidRecord
 from upscaler.media.restoring import encode_restored, target_mode
-from upscaler.media.stored import STORED_CODECS, StoredBlob, decode_stored, encode_stored
+from upscaler.media.stored import (
+    LOSSLESS_CODECS,
+    STORED_CODECS,
+    StoredBlob,
+    decode_stored,
+    encode_stored,
+    recompress_jpeg,
+    reconstruct_jpeg,
+)
 
 __all__ = [
     "FORMATS",
+    "LOSSLESS_CODECS",
     "RECORD_VERSION",
     "STORED_CODECS",
     "SUPPORTED_MODES",
@@ -56,6 +65,8 @@ __all__ = [
     "estimate_jpeg_quality",
     "extension_for",
     "normalize_format",
+    "recompress_jpeg",
+    "reconstruct_jpeg",
     "sniff",
     "target_mode",
 ]

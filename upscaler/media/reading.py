@@ -17,7 +17,7 @@ from PIL import Image
 from upscaler.engine.pixels import ImageLike
 from upscaler.errors import InvalidInput, TooLarge, UndecodableImage, UnsupportedMedia, UpscalerError
 from upscaler.media import pngio
-from upscaler.media.formats import sniff, unsupported_name
+from upscaler.media.formats import jxl_ready, jxl_size, sniff, unsupported_name
 from upscaler.media.record import ImageRecord
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def decode(data: bytes, limits: DecodeLimits) -> Decoded:
     fmt = sniff(data)
     if fmt is None:
         name = unsupported_name(data)
-        expected = "send JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF"
+        expected = "send JPEG, PNG, WebP, AVIF, JPEG XL, GIF, BMP or TIFF"
         if name:
             raise UnsupportedMedia(f"{name} files are not supported; {expected}")
         raise UnsupportedMedia(f"the data is not an image format this service reads; {expected}")
@@ -114,8 +114,12 @@ def _open(data: bytes, fmt: str, limits: DecodeLimits) -> Image.Image:
 
     Pillow's global ``Image.MAX_IMAGE_PIXELS`` is left as it is; its error (and its warning, where warnings are
     errors) becomes :class:`TooLarge`. The warnings filters are not touched: they are process-wide, not thread-safe.
+    JPEG XL's reader decodes on open, so its size is read from the codestream header first (and Pillow's
+    decompression-bomb limit applied to it here).
     """
     try:
+        if fmt == "JXL":
+            _check_jxl_header(data, limits)
         img = Image.open(io.BytesIO(data), formats=[fmt])
         width, height = img.size
         if width < 1 or height < 1:
@@ -138,8 +142,28 @@ def _open(data: bytes, fmt: str, limits: DecodeLimits) -> Image.Image:
     except MemoryError:
         raise TooLarge("the image is too large to decode") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for broken headers
+        if fmt == "JXL":  # libjxl says only "Generic Error", with advice on rebuilding it
+            raise UndecodableImage("the JXL file cannot be decoded (truncated or corrupt)") from None
         reason = re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its in-memory file
         raise UndecodableImage(f"the {fmt} file cannot be read (corrupt or truncated header): {reason}") from None
+
+
+def _check_jxl_header(data: bytes, limits: DecodeLimits) -> None:
+    jxl_ready()
+    size = jxl_size(data)
+    if size is None:
+        raise UndecodableImage("the JXL file cannot be read (no codestream header: corrupt or truncated)")
+    width, height = size
+    if width * height > limits.max_megapixels * 1e6:
+        raise TooLarge(
+            f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{limits.max_megapixels:g}"
+        )
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb and width * height > 2 * bomb:
+        raise TooLarge(
+            f"the image is refused as a decompression bomb: {width * height} pixels exceeds limit of {2 * bomb} pixels"
+        )
 
 
 @contextmanager

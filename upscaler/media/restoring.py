@@ -35,7 +35,7 @@ from PIL import Image
 from upscaler.engine.pixels import ImageLike
 from upscaler.errors import InvalidInput, UnsupportedMedia
 from upscaler.media import pngio
-from upscaler.media.formats import FORMATS, normalize_format
+from upscaler.media.formats import FORMATS, jxl_ready, normalize_format
 from upscaler.media.record import ImageRecord
 from upscaler.media.stored import _as_image
 
@@ -44,7 +44,7 @@ _PALETTE_FORMATS = ("PNG", "GIF", "BMP", "TIFF")
 _ICC_SPACE = {b"RGB ": ("RGB", "RGBA", "P", "RGB;16", "RGBA;16"), b"GRAY": ("L", "LA", "1", "I;16", "I", "LA;16")}
 _ICC_SPACE[b"CMYK"] = ("CMYK",)
 _WHITE = {"RGB": (255, 255, 255), "L": 255}
-DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90, "AVIF": 85}
+DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90, "AVIF": 85, "JXL": 90}
 
 
 def target_mode(record: ImageRecord, fmt: str) -> str:
@@ -71,6 +71,8 @@ def target_mode(record: ImageRecord, fmt: str) -> str:
         mode = "RGBA" if mode == "RGB" or fmt == "BMP" else "LA"  # formats without colour keys get real alpha
     if fmt == "JPEG":
         return {"RGBA": "RGB", "LA": "L"}.get(mode, mode)
+    if fmt == "JXL" and mode not in ("RGB", "RGBA", "L", "LA"):
+        return "RGBA" if record.has_alpha else "RGB"
     if fmt == "GIF":
         return mode if mode == "L" else "P"
     if fmt == "BMP" and mode == "LA":
@@ -101,6 +103,8 @@ def encode_restored(
             return pngio.encode16(arr, ".tiff"), FORMATS[fmt].content_type
         extra = _png_chunks(record, same, target, with_icc_exif=True)
         return pngio.splice(pngio.encode16(arr, level=png_compress_level), extra), FORMATS[fmt].content_type
+    if fmt == "JXL":
+        jxl_ready()
     source = _as_pil(pixels)
     img, key = _convert(source, target, record, fmt)
     if img.info:  # Pillow's encoders fall back on info (ICC, transparency, comment): only the record counts
@@ -311,9 +315,9 @@ def _params(
     params: dict[str, Any] = {}
     if record.icc_profile and fmt != "BMP" and fmt != "GIF" and _icc_fits(record.icc_profile, img.mode, fmt):
         params["icc_profile"] = record.icc_profile
-    if record.exif and fmt in ("JPEG", "PNG", "WEBP", "AVIF", "TIFF"):
+    if record.exif and fmt in ("JPEG", "PNG", "WEBP", "AVIF", "TIFF", "JXL"):
         params["exif"] = record.exif
-    if record.xmp and fmt in ("JPEG", "WEBP", "AVIF"):
+    if record.xmp and fmt in ("JPEG", "WEBP", "AVIF", "JXL"):
         params["xmp"] = record.xmp
     if record.dpi and fmt in ("JPEG", "TIFF", "BMP"):
         params["dpi"] = record.dpi
@@ -337,6 +341,8 @@ def _params(
             params.update(quality=quality or DEFAULT_QUALITY["WEBP"], method=4)
     elif fmt == "AVIF":
         params["quality"] = quality or DEFAULT_QUALITY["AVIF"]
+    elif fmt == "JXL":
+        params.update(quality=quality or DEFAULT_QUALITY["JXL"], lossless_jpeg=False)
     elif fmt == "GIF":
         params["optimize"] = False  # keep the palette as it is
     elif fmt == "TIFF":
