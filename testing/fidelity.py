@@ -30,7 +30,7 @@ from upscaler.engine.pixels import ImageLike, dimensions
 #: PSNR (dB) an identical image (PSNR = inf) counts as in means and plots.
 PSNR_CAP = 100.0
 #: Codecs the full-size baseline may use (bisected over quality 1-100).
-FULL_SIZE_CODECS = ("avif", "webp", "jpeg")
+FULL_SIZE_CODECS = ("avif", "avif-420", "jxl", "webp", "jpeg")
 #: A full-size file counts as "the same bytes" up to this share over the budget. When even its smallest file
 #: (quality 1) is larger, full-size re-encoding cannot reach the stored rate at all: only downscaling gets there.
 SAME_BYTES_TOLERANCE = 0.10

@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--codecs",
         type=lambda t: [c.strip().lower() for c in t.split(",") if c.strip()],
-        default=["avif", "webp", "jpeg"],
-        help="stored codecs: avif, webp, jpeg, webp-lossless, png (default avif,webp,jpeg)",
+        default=["avif", "jxl", "webp", "jpeg"],
+        help="stored codecs: avif (4:4:4), avif-420, jxl, webp, jpeg, jxl-lossless, webp-lossless, png "
+        "(default avif,jxl,webp,jpeg)",
     )
     parser.add_argument(
         "--qualities",
@@ -208,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="model to restore with (default: the service's, span)")
     parser.add_argument(
-        "--full-size", choices=fidelity.FULL_SIZE_CODECS, default="avif", help="full-size codec (default avif)"
+        "--full-size",
+        choices=fidelity.FULL_SIZE_CODECS,
+        default="avif",
+        help="full-size codec (default avif: 4:4:4; avif-420 and jxl are often smaller on photos)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
     parser.add_argument("--max-side", type=int, default=None, help="centre-crop images to this side (quicker)")

@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.servers import api_server
+from tests.servers import api_server, model_server
 from upscaler import media, metrics
 from upscaler.errors import TooLarge, UndecodableImage
 
@@ -158,3 +158,20 @@ def test_http_broken_jxl_gets_the_same_4xx_as_other_formats(api: str) -> None:
     lying = _store(api, _lying_header(3000), "lying.jxl")
     assert jxl_bomb.status_code == png_bomb.status_code == lying.status_code == 413, jxl_bomb.text
     assert "megapixels" in jxl_bomb.text and "megapixels" in lying.text
+
+
+@pytest.mark.slow
+def test_the_model_server_reads_and_answers_jxl(tmp_path) -> None:
+    with model_server(tmp_path) as url:
+        resp = requests.post(
+            url + "/invocations",
+            data=_jxl(_photo(), quality=90),
+            headers={
+                "Content-Type": "image/jxl",
+                "Accept": "image/jxl",
+                "X-Amzn-SageMaker-Custom-Attributes": "scale=2",
+            },
+        )
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/jxl", resp.text
+    back = media.decode(resp.content, LIMITS)
+    assert back.record.format == "JXL" and (back.record.width, back.record.height) == (192, 128)

@@ -1,8 +1,8 @@
 """The model server SageMaker runs: ``GET /ping``, ``POST /invocations`` on port 8080, over the same engine.
 
 Requests:
-* raw image bytes (``image/png``, ``image/jpeg``, ``image/webp``, ``image/avif``) -> raw image bytes; ``Accept``
-  picks the output format (PNG by default, lossless).
+* raw image bytes (``image/png``, ``image/jpeg``, ``image/webp``, ``image/avif``, ``image/jxl``) -> raw image bytes;
+  ``Accept`` picks the output format (PNG by default, lossless).
 * ``application/json`` (``application/json;jpeg`` as JumpStart): ``{"image": base64, "prompt": ...}`` ->
   ``{"generated_images": [base64], "prompt": ...}``, the shape the original Real-ESRGAN container and JumpStart's
   upscaler answer, so one client can call either.
@@ -37,7 +37,7 @@ log = logging.getLogger("model_server")
 MODEL_DIR = "/opt/ml/model"
 MAX_ATTRIBUTES = 1024
 RUNTIME_MAX_PAYLOAD = 6 * 1024 * 1024
-IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/avif": "AVIF"}
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/avif": "AVIF", "image/jxl": "JXL"}
 
 
 def parse_attributes(header: str) -> dict[str, str]:
