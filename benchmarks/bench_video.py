@@ -1,7 +1,18 @@
-"""Video benchmark: which model restores a x4-downscaled video best, and how fast the streaming pipeline runs.
+"""Video benchmark: which model restores a x4-downscaled video best, how fast the streaming pipeline runs, and
+whether downscale + SPAN beats the full-size codecs at the same bytes.
 
-    .venv/bin/python benchmarks/bench_video.py             # full run (about two minutes on 2 cores)
+    .venv/bin/python benchmarks/bench_video.py             # tables 1-2 (about two minutes on 2 cores)
     .venv/bin/python benchmarks/bench_video.py --quick     # small frames, 12 frames per clip, 1 repeat
+    .venv/bin/python benchmarks/bench_video.py --storage --jobs 6 --points pts.jsonl   # tables 3-7
+    .venv/bin/python benchmarks/bench_video.py --storage --quick --clips 2              # a 40 s smoke run
+
+--storage: 6 clips of 10 s at 1280x720, camera moves over real photographs from Debian's mate-backgrounds
+(/usr/share/backgrounds/mate/nature; scikit-image photos stand in, named so, when it is not installed). Each clip
+is (b) downscaled x2 and x4 and stored in H.264, HEVC and AV1 at 3 CRFs, restored with span, (c) the same stored
+frames with bicubic, (d) each codec at full size at 6 CRFs, interpolated in log(bytes) to (b)'s bytes. Every
+encode goes through `transcode`, as a job's does. Table 3 per clip, table 4 by bits per pixel, table 5 encode
+speed, table 6 the stored codec at equal restored PSNR-Y, table 7 the fewest bytes reaching a PSNR-Y target.
+About an hour on 2 cores; 6 minutes with --jobs 6 on 16 cores and a CUDA GPU.
 
 Three clips are generated from scikit-image's photographs (no files needed): a slow diagonal pan across `coffee`,
 a zoom into `stereo_motorcycle`, and `astronaut` held still for the first half (identical frames) then panned.
@@ -25,6 +36,10 @@ engine.downscale) and a decode-only pass are listed for reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import json
+import math
 import statistics
 import sys
 import tempfile
@@ -45,6 +60,7 @@ from _photos import photos, table
 from upscaler import metrics
 from upscaler.config import Settings
 from upscaler.engine import Engine
+from upscaler.media.video import VideoEncoding, probe
 from video_upscaler.pipeline import transcode
 
 SCALE = 4
@@ -284,6 +300,312 @@ def speed_rows(
     return rows, med
 
 
+# ---- storage: stored codecs + SR against full-size codecs at the same bytes (--storage) ------------------------
+#: Real photographs from Debian's mate-backgrounds package (GPL-2+; /usr/share/backgrounds/mate/nature), held out of
+#: training and tuning; each becomes a camera move at 1280x720. scikit-image's photos stand in when it is missing.
+STORAGE_CLIPS: dict[str, tuple[str, Callable[[Image.Image, tuple[int, int], int, int], Box]]] = {
+    "pan (Storm)": ("mate/nature/Storm.jpg", _pan),
+    "zoom (Dune)": ("mate/nature/Dune.jpg", _zoom),
+    "pan (TwoWings)": ("mate/nature/TwoWings.jpg", _pan),
+    "zoom (LadyBird)": ("mate/nature/LadyBird.jpg", _zoom),
+    "still+pan (Wood)": ("mate/nature/Wood.jpg", _static_then_pan),
+    "zoom (RainDrops)": ("mate/nature/RainDrops.jpg", _zoom),
+}
+BACKGROUNDS = Path("/usr/share/backgrounds")
+#: CRFs of the stored (downscaled) video per codec, and of the full-size baseline's rate-distortion curve.
+STORED_CRFS = {"h264": (18, 24, 30), "hevc": (20, 26, 32), "av1": (30, 38, 46)}
+FULL_CRFS = {"h264": (24, 30, 36, 42, 48, 51), "hevc": (26, 32, 38, 44, 50, 51), "av1": (30, 38, 46, 54, 60, 63)}
+TARGETS = (38.0, 40.0)
+BPP_BANDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, float("inf"))
+
+
+@dataclasses.dataclass
+class Point:
+    """One encoding of one clip: its video bytes, encode seconds and the fidelity of what it restores to."""
+
+    clip: str
+    form: str  # "full" or "x2"/"x4"
+    codec: str
+    crf: int
+    bytes: int
+    bpp: float  # bits per source pixel per frame
+    seconds: float
+    psnr: float
+    ssim: float
+    bicubic: tuple[float, float] | None = None  # the same stored frames, bicubic instead of the model
+
+
+def video_bytes(path: Path) -> int:
+    """Bytes of the video stream alone (audio is copied unchanged by every form, so it is left out)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(p.size for p in c.demux(c.streams.video[0]) if p.size)
+
+
+def sampled_frames(path: Path, indices: set[int]) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        return [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(stream)) if i in indices]
+
+
+def scored(reference: list[np.ndarray], test: list[np.ndarray]) -> tuple[float, float]:
+    p, s = score(reference, test)
+    return statistics.mean(p), statistics.mean(s)
+
+
+def at_bytes(curve: list[Point], budget: int) -> tuple[float, float] | None:
+    """PSNR-Y/SSIM-Y of a full-size curve at ``budget`` bytes, linear in log(bytes) between its two neighbouring
+    encodes; above its largest encode, that encode's (a lower bound: more bytes would only do better); None when
+    the curve cannot get that small."""
+    pts = sorted(curve, key=lambda p: p.bytes)
+    if pts and budget >= pts[-1].bytes:
+        return pts[-1].psnr, pts[-1].ssim
+    for lo, hi in itertools.pairwise(pts):
+        if lo.bytes <= budget <= hi.bytes:
+            t = 0.0 if hi.bytes == lo.bytes else math.log(budget / lo.bytes) / math.log(hi.bytes / lo.bytes)
+            return _lerp(lo.psnr, hi.psnr, t), _lerp(lo.ssim, hi.ssim, t)
+    return None
+
+
+def storage_points(
+    engine: Engine,
+    name: str,
+    src: Path,
+    size: tuple[int, int],
+    work: Path,
+    samples: int,
+    workers: int,
+    save: str | None = None,
+) -> list[Point]:
+    """(b) and (c): x2 and x4 with each stored codec and CRF, restored by span and by bicubic; (d) the full-size
+    curve of each codec. Every encode runs the job's own path (`transcode`); fidelity on ``samples`` frames."""
+    frames = probe(src).frames or len(decode(src))
+    indices = set(np.linspace(0, frames - 1, samples).round().astype(int).tolist())
+    reference = sampled_frames(src, indices)
+    pixels = size[0] * size[1] * frames
+    points: list[Point] = []
+
+    def measured(point: Point) -> None:  # appended to ``save`` at once, so a run cut short keeps what it measured
+        points.append(point)
+        if save:
+            with open(save, "a") as fh:
+                fh.write(json.dumps(dataclasses.asdict(point)) + "\n")
+
+    for codec, crfs in FULL_CRFS.items():
+        for crf in crfs:
+            out = work / f"full-{codec}-{crf}.mp4"
+            enc = VideoEncoding.choose(codec, crf=crf)
+            report = transcode(src, out, lambda rgb: rgb, size=size, max_workers=workers, encoding=enc)
+            n = video_bytes(out)
+            p, s = scored(reference, sampled_frames(out, indices))
+            measured(Point(name, "full", codec, crf, n, 8 * n / pixels, report.seconds, p, s))
+    for scale in (2, 4):
+        small = (size[0] // scale, size[1] // scale)
+        for codec, crfs in STORED_CRFS.items():
+            for crf in crfs:
+                out = work / f"x{scale}-{codec}-{crf}.mp4"
+                enc = VideoEncoding.choose(codec, crf=crf)
+                down = lambda rgb, small=small: np.asarray(engine.downscale(rgb, size=small))  # noqa: E731
+                report = transcode(src, out, down, size=small, max_workers=workers, encoding=enc)
+                stored = sampled_frames(out, indices)
+                n = video_bytes(out)
+                sr = [np.asarray(engine.upscale(f, size=size, model="span")) for f in stored]
+                bic = [np.asarray(engine.upscale(f, size=size, model="bicubic")) for f in stored]
+                p, s = scored(reference, sr)
+                point = Point(name, f"x{scale}", codec, crf, n, 8 * n / pixels, report.seconds, p, s)
+                point.bicubic = scored(reference, bic)
+                measured(point)
+        print(f"  {name}: x{scale} measured", file=sys.stderr)
+    return points
+
+
+def storage_tables(points: list[Point], size: tuple[int, int], frames: int, samples: int) -> None:
+    full = [p for p in points if p.form == "full"]
+    rows: list[list[object]] = []
+    bands: dict[int, list[tuple[float, float]]] = {}
+    unreachable: dict[int, int] = {}
+    for p in (p for p in points if p.form != "full"):
+        same = {c: at_bytes([f for f in full if f.clip == p.clip and f.codec == c], p.bytes) for c in FULL_CRFS}
+        reachable = {c: v for c, v in same.items() if v is not None}
+        best = max(reachable.items(), key=lambda kv: kv[1][0]) if reachable else None
+        margin = p.psnr - best[1][0] if best else None
+        band = next(i for i, hi in enumerate(BPP_BANDS[1:]) if p.bpp < hi)
+        if margin is not None:
+            bands.setdefault(band, []).append((margin, p.ssim - best[1][1]))
+        else:
+            unreachable[band] = unreachable.get(band, 0) + 1
+        assert p.bicubic is not None
+        rows.append(
+            [
+                p.clip,
+                f"{p.form} {p.codec}",
+                p.crf,
+                f"{p.bytes / 1024:.0f}",
+                f"{p.bpp:.4f}",
+                f"{p.psnr:.2f}",
+                f"{p.ssim:.4f}",
+                f"{p.bicubic[0]:.2f}",
+                *(f"{v[0]:.2f}" if v else "-" for v in same.values()),
+                f"{margin:+.2f}" if margin is not None else "full size can't",
+            ]
+        )
+    print(
+        f"\nTable 3. Stored form + span vs the full-size codecs at the same bytes: {len({p.clip for p in points})} "
+        f"clips, {frames} frames {size[0]}x{size[1]} each; bytes = the video stream; bpp = bits per source pixel "
+        f"per frame; PSNR-Y/SSIM-Y (BasicSR, crop 4) on {samples} evenly spaced frames against the decoded source. "
+        "Full-size columns: that codec's own curve (6 CRFs) interpolated in log(bytes) to the stored form's bytes "
+        "(above its lowest CRF: that encode's, fewer bytes); '-' = it cannot get that small."
+    )
+    headers = ["clip", "stored", "crf", "KiB", "bpp", "span PSNR-Y", "span SSIM-Y", "bicubic PSNR-Y"]
+    print(table([*headers, *(f"full {c}" for c in FULL_CRFS), "span - best full dB"], rows))
+    band_rows = []
+    for i in sorted(set(bands) | set(unreachable)):
+        margins = [m for m, _ in bands.get(i, [])]
+        stats = (
+            [f"{statistics.mean(margins):+.2f}", f"{min(margins):+.2f}", f"{max(margins):+.2f}"]
+            if margins
+            else ["-"] * 3
+        )
+        ssim = f"{statistics.mean(s for _, s in bands[i]):+.4f}" if margins else "-"
+        row = [f"{BPP_BANDS[i]:g}-{BPP_BANDS[i + 1]:g}", len(margins), sum(m > 0 for m in margins), *stats, ssim]
+        band_rows.append([*row, unreachable.get(i, 0)])
+    print(
+        "\nTable 4. By bits per pixel per frame: where downscale + span beats the best full-size codec at its bytes "
+        "(dB = span - best full size; last column: stored forms smaller than any full-size encode measured)"
+    )
+    headers4 = ["bpp", "compared", "span wins", "mean dB", "min dB", "max dB", "mean SSIM-Y", "full size can't"]
+    print(table(headers4, band_rows))
+    speed_rows_ = []
+    for form in ("full", "x2", "x4"):
+        for codec in FULL_CRFS:
+            sel = [p for p in points if p.form == form and p.codec == codec]
+            if sel:
+                secs = sum(p.seconds for p in sel)
+                speed_rows_.append([form, codec, len(sel), f"{secs:.1f}", f"{len(sel) * frames / secs:.1f}"])
+    print("\nTable 5. Encode speed per codec (transcode: decode the source + resize + encode), default presets")
+    print(table(["form", "codec", "encodes", "seconds", "frames/s"], speed_rows_))
+    choice_rows = []
+    for scale in ("x2", "x4"):
+        for codec in STORED_CRFS:
+            ratios = []
+            for clip in {p.clip for p in points}:
+                ref = next(p for p in points if (p.clip, p.form, p.codec) == (clip, scale, "h264") and p.crf == 18)
+                curve = sorted(
+                    (p for p in points if (p.clip, p.form, p.codec) == (clip, scale, codec)), key=lambda p: p.psnr
+                )
+                for lo, hi in itertools.pairwise(curve):
+                    if lo.psnr <= ref.psnr <= hi.psnr and hi.psnr > lo.psnr:
+                        t = (ref.psnr - lo.psnr) / (hi.psnr - lo.psnr)
+                        ratios.append(math.exp(_lerp(math.log(lo.bytes), math.log(hi.bytes), t)) / ref.bytes)
+                        break
+            secs = [p.seconds for p in points if p.form == scale and p.codec == codec]
+            choice_rows.append(
+                [
+                    scale,
+                    codec,
+                    len(ratios),
+                    f"{statistics.mean(ratios):.2f}" if ratios else "-",
+                    f"{statistics.mean(secs):.1f}",
+                ]
+            )
+    print(
+        "\nTable 6. Stored codec choice: bytes at the restored PSNR-Y of h264 crf 18 (interpolated on each codec's "
+        "CRFs), relative to h264, mean over the clips where it is reached; and mean encode seconds per clip"
+    )
+    print(table(["scale", "codec", "clips", "bytes vs h264", "encode s"], choice_rows))
+    target_rows = []
+    for target in TARGETS:
+        for clip in sorted({p.clip for p in points}):
+            mine = [p for p in points if p.clip == clip]
+            stored = [
+                (bytes_at(mine, form, codec, target), form, codec) for form in ("x2", "x4") for codec in FULL_CRFS
+            ]
+            full_ = [(bytes_at(mine, "full", codec, target), "full", codec) for codec in FULL_CRFS]
+            best_s = min((b for b in stored if b[0] is not None), default=None)
+            best_f = min((b for b in full_ if b[0] is not None), default=None)
+            cells = [
+                f"{'<= ' if b[0][1] else ''}{b[0][0] / 1024:.0f} KiB {b[1]} {b[2]}" if b else "not reached"
+                for b in (best_s, best_f)
+            ]
+            capped = bool(best_s and best_f and (best_s[0][1] or best_f[0][1]))
+            ratio = f"{'~' if capped else ''}{best_s[0][0] / best_f[0][0]:.2f}" if best_s and best_f else "-"
+            target_rows.append([f"PSNR-Y {target:g}", clip, *cells, ratio])
+    print(
+        "\nTable 7. Targeted: the fewest bytes that reach a restored PSNR-Y target, among the stored forms + span "
+        "(x2/x4 x codec, CRF interpolated in log(bytes)) and among the full-size codecs tuned to the same target; "
+        "'<=': the smallest encode measured already exceeds the target (so '~' on the ratio)"
+    )
+    print(table(["target", "clip", "stored + span", "full size", "stored / full"], target_rows))
+
+
+def bytes_at(points: list[Point], form: str, codec: str, target: float) -> tuple[float, bool] | None:
+    """Bytes at which ``form``/``codec`` reaches PSNR-Y ``target`` (log-linear between its two neighbouring CRFs),
+    and whether that is only an upper bound (its smallest encode measured is already above the target)."""
+    curve = sorted((p for p in points if (p.form, p.codec) == (form, codec)), key=lambda p: p.bytes)
+    if curve and curve[0].psnr >= target:
+        return float(curve[0].bytes), True
+    for lo, hi in itertools.pairwise(curve):
+        if lo.psnr <= target <= hi.psnr and hi.psnr > lo.psnr:
+            t = (target - lo.psnr) / (hi.psnr - lo.psnr)
+            return math.exp(_lerp(math.log(lo.bytes), math.log(hi.bytes), t)), False
+    return None
+
+
+def _clip_points(job: tuple[int, str, tuple[int, int], int, int, argparse.Namespace]) -> list[Point]:
+    """Make clip ``index`` and measure it (one process per clip with --jobs)."""
+    index, name, size, frames, samples, args = job
+    rel, motion = STORAGE_CLIPS[name]
+    path = Path(args.photos) / rel
+    if path.is_file():
+        photo = Image.open(path).convert("RGB")
+    else:  # not installed: say so in the clip's name, use a scikit-image photo
+        stand_in = SKIMAGE_FALLBACK[index % len(SKIMAGE_FALLBACK)]
+        name, photo = f"{name.split(' (')[0]} (skimage {stand_in})", dict(photos(include_shared=False))[stand_in]
+    engine = Engine(Settings.from_env({}, ncnn_threads=args.threads), model_dir=args.model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "source.mp4"
+        make_clip(src, photo, motion, size, frames)
+        return storage_points(engine, name, src, size, Path(tmp), samples, args.workers, args.points)
+
+
+def storage_main(args: argparse.Namespace) -> None:
+    size = args.size or ((320, 176) if args.quick else (1280, 720))
+    frames = int((args.seconds or (1.0 if args.quick else 10.0)) * RATE)
+    samples = args.samples or (4 if args.quick else 12)
+    names = list(STORAGE_CLIPS)[: args.clips]
+    jobs = [(i, name, size, frames, samples, args) for i, name in enumerate(names)]
+    start = time.perf_counter()
+    points: list[Point] = []
+
+    def keep(clip: list[Point]) -> None:
+        points.extend(clip)
+
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for future in as_completed([pool.submit(_clip_points, job) for job in jobs]):
+                keep(future.result())
+    else:
+        for job in jobs:
+            keep(_clip_points(job))
+    runtime = Engine(Settings.from_env({}, ncnn_threads=args.threads)).options
+    print(
+        f"clips from {args.photos}/mate/nature (Debian mate-backgrounds, real photographs) unless named skimage; "
+        f"{frames} frames @ {RATE} fps, source libx264 crf {SOURCE_CRF}; {args.jobs} clips at a time, "
+        f"{_cores()} CPU cores, ncnn threads {runtime.resolved_threads()}; {time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+    )
+    storage_tables(points, size, frames, samples)
+
+
+SKIMAGE_FALLBACK = ("coffee", "astronaut", "chelsea", "rocket", "stereo_motorcycle", "camera")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     w, h = (int(v) for v in text.lower().split("x"))
     if w % (2 * SCALE) or h % (2 * SCALE):
@@ -302,7 +624,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3, 1 with --quick)")
     parser.add_argument("--workers", type=int, default=2, help="transcode max_workers (default 2)")
     parser.add_argument("--threads", type=int, default=0, help="ncnn threads per inference (0 = one per core)")
+    parser.add_argument(
+        "--storage",
+        action="store_true",
+        help="tables 3-6 instead: stored codecs x2/x4 + span against full-size H.264/HEVC/AV1 at the same bytes",
+    )
+    parser.add_argument("--clips", type=int, default=6, help="--storage: clips (default 6)")
+    parser.add_argument("--seconds", type=float, default=None, help="--storage: seconds per clip (default 10)")
+    parser.add_argument("--samples", type=int, default=None, help="--storage: frames scored per clip (default 12)")
+    parser.add_argument("--jobs", type=int, default=1, help="--storage: clips measured at once, one process each")
+    parser.add_argument("--photos", default=str(BACKGROUNDS), help=f"--storage: photo folder (default {BACKGROUNDS})")
+    parser.add_argument("--model-dir", default=None, help="folder with <model>.param/.bin (default: the packages)")
+    parser.add_argument("--points", default=None, help="--storage: append each clip's measurements (JSON lines) here")
+    parser.add_argument("--tables-from", default=None, help="print tables 3-7 from a --points file, measure nothing")
     args = parser.parse_args()
+    if args.tables_from:
+        saved = [Point(**json.loads(line)) for line in Path(args.tables_from).read_text().splitlines() if line]
+        for p in saved:
+            p.bicubic = tuple(p.bicubic) if p.bicubic else None  # type: ignore[assignment]
+        storage_tables(saved, args.size or (1280, 720), int((args.seconds or 10.0) * RATE), args.samples or 12)
+        return
+    if args.storage:
+        storage_main(args)
+        return
     size = args.size or ((256, 144) if args.quick else (512, 288))
     n_frames = args.frames or (12 if args.quick else 48)
     speed_frames = args.speed_frames or (12 if args.quick else 144)

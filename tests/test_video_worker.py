@@ -234,7 +234,7 @@ def test_a_legacy_job_is_sized_as_the_original_and_says_so(setup) -> None:
     assert status["size_requested"] == "270x151" and status["size"] == "270x150" and status["sizing"] == "original"
     assert status["source_bytes"] == clip.stat().st_size and status["output_bytes"] == out.stat().st_size
     assert status["saved_percent"] == round(100 * (1 - out.stat().st_size / clip.stat().st_size), 2)
-    assert done.to_v1()["encoding"]["codec"] == "h264"
+    assert done.to_v1()["encoding"] == {"codec": "av1", "crf": 30, "qp": None, "preset": "8"}  # the default
 
 
 @pytest.mark.parametrize("codec", ["hevc", "av1"])
@@ -257,7 +257,8 @@ def test_a_job_writes_its_chosen_codec_and_upscales_back(setup, codec: str) -> N
 
 def test_encoding_choices_are_checked_and_name_the_option() -> None:
     settings = Settings.from_env({})
-    assert job_encoding(settings, "downscale").to_dict() == {"codec": "h264", "crf": 18, "qp": None, "preset": "medium"}
+    assert job_encoding(settings, "upscale").to_dict() == {"codec": "h264", "crf": 18, "qp": None, "preset": "medium"}
+    assert job_encoding(settings.replace(video_stored_qp=40), "downscale").options() == {"qp": "40", "preset": "8"}
     assert VideoEncoding.choose("av1", qp=40).options() == {"qp": "40", "preset": "8"}
     assert VideoEncoding.choose("hevc").options()["x265-params"] == "log-level=error"
     for kwargs, words in (

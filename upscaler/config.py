@@ -161,10 +161,12 @@ class Settings:
     video_scratch: str = ""
     #: Model for video upscaling when a job names none (chosen by benchmarks/bench_video.py).
     video_default_model: str = "span"
-    #: Codec of a stored (downscaled) video: h264 (libx264), hevc (libx265) or av1 (libsvtav1); a job may choose
+    #: Codec of a stored (downscaled) video: av1 (libsvtav1), hevc (libx265) or h264 (libx264); a job may choose
     #: another. CRF (-1 = the codec's default, upscaler.media.video.CODECS), or a constant QP instead (-1 = off),
-    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1).
-    video_stored_codec: str = "h264"
+    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1). AV1 by
+    #: measurement (benchmarks/bench_video.py --storage): at x4 its crf 30 took 0.24-0.79 (median 0.29) of H.264
+    #: crf 18's bytes for -0.5..+0.6 dB restored PSNR-Y, and encoded fastest.
+    video_stored_codec: str = "av1"
     video_stored_crf: int = -1
     video_stored_qp: int = -1
     video_stored_preset: str = ""

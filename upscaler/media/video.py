@@ -99,7 +99,7 @@ class VideoCodec:
     max_quantizer: int
     presets: tuple[str, ...]
     default_preset: str
-    #: The stored video's CRF when none is asked for (see benchmarks/bench_video.py, table of stored codecs).
+    #: The stored video's CRF when none is asked for (benchmarks/bench_video.py --storage, tables 3 and 6).
     stored_crf: int
     #: Whether 4:2:0 is accepted at odd frame sizes (else odd sizes are written in 4:4:4, or refused).
     odd_420: bool
