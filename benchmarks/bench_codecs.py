@@ -16,6 +16,13 @@ run, is the same stored bytes upscaled with plain bicubic.
 
 Two more tables compare encoder settings the first one fixes (JPEG and AVIF chroma subsampling, AVIF speed) on
 the x4 retrieval, scored on Y and, since chroma barely shows in Y, on RGB (the two are never compared).
+
+    .venv/bin/python benchmarks/bench_codecs.py --efforts [--photos N] [--target 35]
+
+measures the encoder effort instead (the settings UPSCALER_AVIF_SPEED and UPSCALER_JXL_EFFORT): for each AVIF
+speed and JPEG XL effort, at full size, the smallest integer quality whose decode meets ``--target`` dB PSNR-Y
+(the quality-targeted search's own bisection), and the bytes and encode time per megapixel it takes, next to the
+default in the same run (interleaved per photo).
 """
 
 from __future__ import annotations
@@ -101,7 +108,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=None, help="use at most this many photos")
     parser.add_argument("--max-side", type=int, default=512, help="centre-crop photos to this side")
     parser.add_argument("--budget", type=float, default=0.3, help="bpp budget for the winner (x4)")
+    parser.add_argument("--efforts", action="store_true", help="measure AVIF speed and JPEG XL effort instead")
+    parser.add_argument("--target", type=float, default=35.0, help="PSNR-Y (dB) of --efforts (default 35)")
     args = parser.parse_args()
+    if args.efforts:
+        efforts(list(load_photos(args.max_side, args.photos)), args.target)
+        return
     engine = Engine(Settings.from_env())
     engine.warmup("span")
     start = time.perf_counter()
@@ -162,6 +174,48 @@ def main() -> None:
         f"WINNER (default scale x{default_scale}, best fidelity under {args.budget:g} bpp): "
         f"codec={best[1]} quality={best[2]}"
     )
+
+
+#: (codec, keyword, values) the --efforts table compares; the first value of each is the library's default.
+EFFORTS = (("avif-420", "speed", (6, 4, 8)), ("jxl", "effort", (7, 3, 5, 9)))
+
+
+def efforts(photos: list[tuple[str, Image.Image]], target: float) -> None:
+    """Bytes and encode time of each effort at the smallest quality meeting ``target`` (see the module notes)."""
+    from upscaler import media
+    from upscaler.quality import Candidate, Target, choose_form
+
+    goal = Target("psnr", target)
+    results: dict[tuple[str, str, int], list[tuple[int, float]]] = defaultdict(list)
+    for name, img in photos:
+        megapixels = img.width * img.height / 1e6
+        for codec, keyword, values in EFFORTS:
+            for value in values:
+                spent = [0.0, 0]
+
+                def encode(scale: float, c: str, quality: int, kw=keyword, v=value, src=img, spent=spent) -> bytes:
+                    start = time.perf_counter()
+                    data = media.encode_stored(src, c, quality, **{kw: v})
+                    spent[0], spent[1] = spent[0] + time.perf_counter() - start, spent[1] + 1
+                    return data
+
+                decision = choose_form(img, b"", goal, encode, lambda s, b: media.decode_stored(b),
+                                       forms=(Candidate(1.0, codec),), keep_original=False)  # fmt: skip
+                per_mp = spent[0] / spent[1] / megapixels
+                results[(codec, keyword, value)].append((decision.form.bytes, per_mp))
+        print(f"  {name}: done", file=sys.stderr)
+    print(f"{len(photos)} photos; full size, smallest integer quality with PSNR-Y >= {target:g} dB on the decode")
+    rows = []
+    for codec, keyword, values in EFFORTS:
+        default = results[(codec, keyword, values[0])]
+        for value in values:
+            got = results[(codec, keyword, value)]
+            ratio = statistics.fmean(b / d for (b, _), (d, _) in zip(got, default, strict=True))
+            seconds = statistics.fmean(t for _, t in got)
+            speedup = statistics.fmean(d / t for (_, t), (_, d) in zip(got, default, strict=True))
+            rows.append([codec, f"{keyword} {value}", sum(b for b, _ in got), f"{ratio:.3f}", f"{seconds:.2f}",
+                         f"{speedup:.2f}x"])  # fmt: skip
+    print(table(["codec", "setting", "bytes", "bytes / default", "encode s/MP", "speed vs default"], rows))
 
 
 def measure(

@@ -319,16 +319,15 @@ def report(rows: list[dict], source: str) -> None:
             scores = [c[key]["score"] for c in cells if c[key]["bytes"] is not None]
             finite = [s for s in scores if s is not None]
             line.append(f"{statistics.fmean(finite):.2f} ({len(scores)})" if finite else "-")
-        wins = sum(
-            1 for c in cells if c["avif-420"]["score"] is None or _ge(c["targeted"]["score"], c["avif-420"]["score"])
-        )
-        line.append(f"{wins}/{len(cells)}")
+        wins = sum(1 for c in cells if _ge(c["targeted"], c["avif-420"]))
+        downscaled = sum(1 for c in cells if not c["targeted"]["form"].startswith("x1 "))
+        line += [f"{wins}/{len(cells)}", f"{downscaled}/{len(cells)}"]
         budget_rows.append(line)
     if budget_rows:
         print("\nByte budgets: mean PSNR-Y reached (images where a form fits); targeted >= AVIF 4:2:0 on:")
         print(
             table(
-                ["budget", "images", "targeted", "full-size AVIF 4:2:0", "full-size JPEG XL", "targeted >= AVIF"],
+                ["budget", "images", "targeted", "full AVIF 4:2:0", "full JPEG XL", "targeted >= AVIF", "downscaled"],
                 budget_rows,
             )
         )
