@@ -167,3 +167,13 @@ def test_reader_refuses_what_it_cannot_translate(tmp_path: Path) -> None:
     with pytest.raises(graph.UnsupportedGraph, match="not an ncnn param file"):
         graph.read(param, binary)
     assert issubclass(graph.UnsupportedGraph, Unavailable)
+
+
+def test_gpu_tile_side_keeps_a_1080p_frame_whole_when_memory_allows() -> None:
+    from upscaler.engine.core import gpu_tile_side
+
+    span_x2 = registry.MODELS["span-x2"].bytes_per_input_pixel
+    assert gpu_tile_side(139 * 2**30, span_x2, "fp16", 1) >= 1920  # an H200: frames run in one piece
+    small = gpu_tile_side(8 * 2**30, span_x2, "fp32", 4)
+    assert 64 <= small < gpu_tile_side(8 * 2**30, span_x2, "fp16", 4) < 1920
+    assert gpu_tile_side(10**6, span_x2, "fp32", 8) == 64  # never below the smallest useful tile

@@ -63,6 +63,18 @@ def downscale_size(
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
+def gpu_tile_side(free_bytes: int, bytes_per_input_pixel: int, precision: str, batch: int) -> int:
+    """Largest tile side whose batch fits in half of ``free_bytes`` of device memory.
+
+    ``bytes_per_input_pixel`` is the model's peak measured on ncnn in fp32; PyTorch on CUDA measured below it
+    (span x2 at 1920x1080: 2.4 kB/px in fp32, 0.97 kB/px in fp16, benchmarks/bench_gpu.py), so it is scaled by
+    the element size of the precision and used as is. At most 4096 px a side."""
+    itemsize = 2 if precision in ("fp16", "bf16") else 4
+    per_pixel = max(1, bytes_per_input_pixel) * itemsize / 4 * max(1, batch)
+    side = int(math.sqrt(free_bytes / 2 / per_pixel))
+    return int(min(4096, max(64, side // 16 * 16)))
+
+
 class Engine:
     """Thread-safe; share one per process. Models load on first use (or in :meth:`warmup`)."""
 
@@ -93,16 +105,16 @@ class Engine:
                 if spec.is_network:
                     runtime.load(spec, self.options).run(np.zeros((8, 8, 3), np.float32))
 
-    def auto_tile(self, spec: registry.ModelSpec, net: runtime.Network | None = None) -> int:
-        """Tile side (input pixels): from ``UPSCALER_TILE_MEMORY_MB`` on the CPU, from free device memory on a GPU
-        (half of it, for a whole batch), so a GPU with room runs large images in one piece."""
+    def auto_tile(self, spec: registry.ModelSpec, net: runtime.Network | None = None, batch: int | None = None) -> int:
+        """Tile side (input pixels): from ``UPSCALER_TILE_MEMORY_MB`` on the CPU; on a GPU from half the device's
+        free memory for a whole batch, so a GPU with room runs large images and video frames in one piece."""
         if self.settings.tile_size > 0:
             return self.settings.tile_size
         free = net.free_memory() if net is not None and net.on_gpu and hasattr(net, "free_memory") else 0
         if free:
-            per_pixel = spec.bytes_per_input_pixel * 2 * self.options.batch  # measured for ncnn fp32; margin x2
-            side = int(math.sqrt(free / 2 / max(per_pixel, 1)))
-            return int(min(4096, max(64, side // 16 * 16)))
+            return gpu_tile_side(
+                free, spec.bytes_per_input_pixel, getattr(net, "precision", "fp32"), batch or self.options.batch
+            )
         budget = self.settings.tile_memory_mb * 1024 * 1024
         side = int(math.sqrt(budget / max(spec.bytes_per_input_pixel, 1)))
         return int(min(2048, max(64, side // 16 * 16)))
@@ -161,24 +173,35 @@ class Engine:
 
     def _uint8_on_device(
         self, spec: registry.ModelSpec, image: ImageLike, out_w: int, out_h: int, tile: int | None
-    ) -> np.ndarray | None:
-        """An RGB uint8 array (a video frame) at the model's own factor on a GPU runtime that converts on the
-        device: one upload of bytes, one download of bytes, no float copies on the host. None = not applicable."""
-        if not (spec.is_network and isinstance(image, np.ndarray) and image.dtype == np.uint8):
-            return None
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < MIN_NETWORK_SIDE:
-            return None
-        height, width = image.shape[:2]
-        if (out_w, out_h) != (width * spec.scale, height * spec.scale):
+    ) -> ImageLike | None:
+        """An 8-bit RGB image or array (a video frame, a retrieval's decoded photo) at the model's own factor on a
+        GPU runtime that converts on the device: one upload and one download of bytes, no float planes on the host.
+        None = not applicable (the general path runs)."""
+        if not spec.is_network:
             return None
         net = runtime.load(spec, self.options)
         run_uint8 = getattr(net, "run_uint8", None)
         if run_uint8 is None or not net.on_gpu:
             return None
-        side = tile or self.auto_tile(spec, net)
-        if max(height, width) > side:
+        is_pil = isinstance(image, Image.Image)
+        if is_pil:
+            if image.mode != "RGB":
+                return None
+            try:
+                frame = np.asarray(image)
+            except OSError:  # a truncated file: the general path reports it as the others do
+                return None
+        elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            frame = image
+        else:
             return None
-        return run_uint8(image[None])[0]
+        height, width = frame.shape[:2]
+        if min(height, width) < MIN_NETWORK_SIDE or (out_w, out_h) != (width * spec.scale, height * spec.scale):
+            return None
+        if max(height, width) > (tile or self.auto_tile(spec, net, batch=1)):
+            return None
+        result = run_uint8(frame[None])[0]
+        return Image.fromarray(result) if is_pil else result
 
     def _run(
         self, spec: registry.ModelSpec, planes: np.ndarray, out_w: int, out_h: int, tile: int | None

@@ -285,7 +285,7 @@ class TorchNetwork:
             out = self._forward(x)
             return list(out.float().permute(0, 2, 3, 1).contiguous().numpy())
         with self._lock:
-            out = self._forward(x.pin_memory().to(self.device, non_blocking=True))
+            out = self._forward(x.to(self.device))
             result = out.float().permute(0, 2, 3, 1).contiguous().cpu()
         return list(result.numpy())
 
