@@ -157,6 +157,9 @@ JOB = {
         "source_bytes": {"type": ["integer", "null"]},
         "output_bytes": {"type": ["integer", "null"]},
         "saved_percent": {"type": ["number", "null"], "description": "downscale: 100 x (1 - output/source)"},
+        "target": {"type": ["string", "null"]},
+        "decision": {"type": ["object", "null"], "description": "a target's choice: scale, codec, crf, candidates"},
+        "fidelity": {"type": ["object", "null"], "description": "a target's metric on the stored clip, restored"},
         "timings": {"type": "object"},
     },
     "required": ["id", "status", "method", "video", "output", "progress", "frames_done", "error"],
@@ -177,6 +180,13 @@ _ENCODING = {
     "crf": {"type": "integer", "minimum": 0, "maximum": 63, "description": "constant quality (0 best)"},
     "qp": {"type": "integer", "minimum": 0, "maximum": 63, "description": "constant quantizer, instead of crf"},
     "preset": {"type": "string", "description": "x264/x265: ultrafast..veryslow; SVT-AV1: 0 (slowest)..13"},
+    "target": {
+        "type": "string",
+        "pattern": r"^((psnr|ssim):)?[0-9]+(\.[0-9]+)?$",
+        "description": "downscale: PSNR-Y (psnr:38) or SSIM-Y (ssim:0.97) of the restored video against the source; "
+        "the worker measures sample segments at scales 1, 2, 4 in each codec and CRF and stores the fewest bytes "
+        "that meet it (no min_size/max_size/scale/codec/crf/qp with it); the job reports decision and fidelity",
+    },
 }
 _JOB_SUBMIT = {
     "type": "object",

@@ -131,7 +131,7 @@ def _video_upload(args: argparse.Namespace) -> int:
 def _video_submit(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     if args.method == "downscale":
-        encoding = {"codec": args.codec, "crf": args.crf, "qp": args.qp, "preset": args.preset}
+        encoding = {"codec": args.codec, "crf": args.crf, "qp": args.qp, "preset": args.preset, "target": args.target}
         job_id = client.store_video(args.key, args.bucket, min_size=args.min_size, max_size=args.max_size, **encoding)
     else:
         job_id = client.retrieve_video(
@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--qp", type=int, help="downscale: constant quantizer instead of --crf")
     p.add_argument("--preset", help="downscale: encoder preset (x264/x265: ultrafast..veryslow, SVT-AV1: 0..13)")
+    p.add_argument(
+        "--target",
+        help="downscale: PSNR-Y (psnr:38) or SSIM-Y (ssim:0.97) the restored video must reach; the service picks "
+        "scale, codec and CRF for the fewest bytes (not with --min-size/--max-size/--codec/--crf/--qp)",
+    )
     p.add_argument("--endpoint", help="upscale: SageMaker endpoint")
     p.add_argument("--max-workers", type=int, help="upscale: frames in flight to the model")
     p.add_argument("--model", help="upscale: model (default: the service's video model)")

@@ -168,11 +168,17 @@ def test_client_max_size_and_v1_sizing_and_codec_choice(local_api: str, clip: Pa
         ({"codec": "av1", "crf": 20, "qp": 20}, "pass crf or qp, not both"),
         ({"codec": "hevc", "preset": "8"}, "preset for hevc must be one of"),
         ({"sizing": "square"}, "sizing must be one of original, aspect"),
+        ({"target": "psnr:38", "codec": "av1"}, "target is for downscale jobs and chooses the size, codec and CRF"),
+        ({"target": "bpp:0.1"}, "target for a video must be psnr:<dB> or ssim:<0..1>"),
     ):
         resp = requests.post(
             local_api + "/v1/jobs", json={"method": "downscale", "key": "cli/talk.mp4", **body}, verify=False
         )
         assert resp.status_code == 400 and words in resp.json()["error"], resp.text
+    body = {"method": "downscale", "key": "cli/talk.mp4", "target": "psnr:30", "output_key": "cli/targeted.mp4"}
+    job = wait_v1(local_api, requests.post(local_api + "/v1/jobs", json=body, verify=False).json()["id"])
+    assert job["status"] == "Completed" and job["fidelity"]["met"] and job["fidelity"]["psnr"] >= 30, job
+    assert job["decision"]["target"] == "psnr>=30" and job["encoding"]["codec"] == job["decision"]["codec"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from tests.test_video_pipeline import make_clip, packets, video_info
@@ -15,9 +17,10 @@ from upscaler.engine import Engine, downscale_size
 from upscaler.errors import InvalidInput
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, Job, SqliteJobStore, SqliteQueue, submit
 from upscaler.media.video import CODECS, VideoEncoding, encoder_available, probe
+from upscaler.metrics import psnr
 from upscaler.providers import LocalUpscaleProvider
 from upscaler.store.local import LocalFolderStore
-from upscaler.videos import encodable_size, job_encoding, original_size
+from upscaler.videos import encodable_size, job_encoding, original_size, parse_target
 from video_upscaler.worker import VideoWorker
 
 
@@ -240,7 +243,9 @@ def test_a_legacy_job_is_sized_as_the_original_and_says_so(setup) -> None:
 @pytest.mark.parametrize("codec", ["hevc", "av1"])
 def test_a_job_writes_its_chosen_codec_and_upscales_back(setup, codec: str) -> None:
     store, jobs, queue, worker, tmp = setup
-    _stored_clip(store, tmp, "c.mp4", frames=6)
+    clip = tmp / "clip.mp4"
+    make_clip(clip, frames=6, size=(128, 128))  # x2: 64x64, the smallest x265 is given
+    store.put_file("media", "c.mp4", clip, metadata={}, content_type="video/mp4")
     encoding = job_encoding(worker.settings, "downscale", codec=codec, preset="ultrafast" if codec == "hevc" else "12")
     down = submit(jobs, queue, Job(method="downscale", video="s3://media/c.mp4", scale=2, **encoding.to_dict()))
     _run_one(queue, worker)
@@ -252,7 +257,7 @@ def test_a_job_writes_its_chosen_codec_and_upscales_back(setup, codec: str) -> N
     assert probe(small).codec == codec and video_info(small)[0] == 6
     up = submit(jobs, queue, Job(method="upscale", video="s3://media/c-downscaled.mp4"))  # decodes the codec
     _run_one(queue, worker)
-    assert jobs.get(up.id).status == COMPLETED and jobs.get(up.id).size == "64x48"
+    assert jobs.get(up.id).status == COMPLETED and jobs.get(up.id).size == "128x128"
 
 
 def test_encoding_choices_are_checked_and_name_the_option() -> None:
@@ -283,3 +288,41 @@ def test_an_encoder_missing_from_this_build_is_named() -> None:
             VideoEncoding.choose("av1-aom", option="codec")
         finally:
             del CODECS["av1-aom"]
+
+
+def test_a_targeted_job_chooses_its_form_and_meets_the_target_on_retrieval(setup) -> None:
+    store, jobs, queue, worker, tmp = setup
+    clip = tmp / "clip.mp4"
+    make_clip(clip, frames=10, size=(96, 64))
+    store.put_file("media", "t.mp4", clip, metadata={}, content_type="video/mp4")
+    down = submit(jobs, queue, Job(method="downscale", video="s3://media/t.mp4", target="psnr:30"))
+    _run_one(queue, worker)
+    done = jobs.get(down.id)
+    assert done.status == COMPLETED, done.error
+    decision, fidelity = done.to_v1()["decision"], done.to_v1()["fidelity"]
+    assert decision["target"] == "psnr>=30" and decision["sample_frames"] == 10
+    assert {(c["scale"], c["codec"]) for c in decision["candidates"]} >= {(1, "av1"), (2, "h264")}
+    chosen = min(decision["candidates"], key=lambda c: c["sample_bytes"])
+    assert (decision["scale"], decision["codec"]) == (chosen["scale"], chosen["codec"])
+    assert fidelity["met"] and fidelity["psnr"] >= 30 and done.codec == decision["codec"]
+    up = Job(method="upscale", video="s3://media/t-downscaled.mp4", model=worker.settings.video_default_model)
+    submit(jobs, queue, up)
+    _run_one(queue, worker)
+    assert jobs.get(up.id).status == COMPLETED and jobs.get(up.id).size == "96x64"
+    out = tmp / "back.mp4"
+    store.get_file("media", "t-upscaled.mp4", out)
+    back, source = decode_all(out), decode_all(clip)
+    assert len(back) == len(source) == 10
+    assert np.mean([psnr(a, b) for a, b in zip(source, back, strict=True)]) >= 30  # met on retrieval
+
+
+def test_target_options_are_checked() -> None:
+    assert parse_target("ssim:0.97").metric == "ssim" and parse_target("38").value == 38
+    for text in ("exact", "bpp:0.1", "psnr:500", "loud"):
+        with pytest.raises(InvalidInput):
+            parse_target(text)
+
+
+def decode_all(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]

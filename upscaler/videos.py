@@ -16,6 +16,7 @@ from upscaler.jobs import CANCELLED, Job, JobQueue, JobStore, submit
 from upscaler.jobs.model import FINAL
 from upscaler.media.video import VideoEncoding, VideoLimits, probe
 from upscaler.providers import UpscaleProvider
+from upscaler.quality import Target
 from upscaler.store import ObjectStore
 from upscaler.store.keys import validate_key
 
@@ -47,6 +48,15 @@ def encodable_size(size: tuple[int, int]) -> tuple[int, int]:
     """``size`` rounded down to even sides (at least 2): the stored video is 4:2:0, whose chroma planes are half
     the size, which H.264 and HEVC encoders need whole."""
     return tuple(max(2, side - side % 2) for side in size)  # type: ignore[return-value]
+
+
+def parse_target(text: str) -> Target:
+    """A video job's quality target: ``psnr:38`` / ``38`` (dB, Y) or ``ssim:0.97`` of the restored video against
+    its source; :class:`InvalidInput` naming ``target`` otherwise."""
+    target = Target.parse(text)
+    if target.metric not in ("psnr", "ssim"):
+        raise InvalidInput(f"target for a video must be psnr:<dB> or ssim:<0..1>, got {text!r}")
+    return target
 
 
 def job_encoding(
@@ -152,14 +162,26 @@ class VideoJobs:
         crf: int | None = None,
         qp: int | None = None,
         preset: str | None = None,
+        target: str | None = None,
     ) -> Job:
         """Check a job completely and submit it. ``sizing`` says how min_size/max_size size a downscale (see
         :func:`original_size` and :func:`upscaler.engine.downscale_size`); ``codec``/``crf``/``qp``/``preset``
-        choose the output's encoding (see :func:`job_encoding`)."""
+        choose the output's encoding (see :func:`job_encoding`); a ``target`` (downscale only) chooses scale, codec
+        and CRF by measuring the clip instead (``video_upscaler.targeting``), so it takes none of those."""
         name, key = self.bucket(bucket), validate_key(key)
         if method not in ("downscale", "upscale"):
             raise InvalidInput(f"method must be 'downscale' or 'upscale', got {method!r}")
         encoding = job_encoding(self.settings, method, codec=codec, crf=crf, qp=qp, preset=preset)
+        if target is not None:
+            wanted = parse_target(target)
+            target = f"{wanted.metric}:{wanted.value:g}"
+            given = {"min_size": min_size, "max_size": max_size, "scale": scale, "codec": codec, "crf": crf, "qp": qp}
+            clash = [name for name, value in given.items() if value is not None]
+            if method != "downscale" or clash:
+                raise InvalidInput(
+                    "target is for downscale jobs and chooses the size, codec and CRF itself: "
+                    f"do not pass {', '.join(clash) or 'it with method=upscale'}"
+                )
         for label, value in (("min_size", min_size), ("max_size", max_size)):
             if value is not None and not 1 <= value <= MAX_SIDE:
                 raise InvalidInput(f"{label} must be between 1 and {MAX_SIDE}, got {value}")
@@ -188,7 +210,8 @@ class VideoJobs:
             max_workers=workers,
             output_key=out,
             sizing=sizing,
-            **encoding.to_dict(),
+            target=target,
+            **({} if target else encoding.to_dict()),
         )
         return submit(self.jobs, self.queue, job)
 

@@ -96,12 +96,13 @@ class _SegmentWriter:
     ) -> None:
         import av
 
+        pix_fmt = encoding.pix_fmt(size)  # refuses a size the encoder cannot take, before a file is opened
         self.path, self.start = path, start
         self.frames = 0
         self.container = av.open(str(path), "w", format="mp4")
         self.stream = self.container.add_stream(encoding.spec.encoder, rate=rate)
         self.stream.width, self.stream.height = size
-        self.stream.pix_fmt = encoding.pix_fmt(size)
+        self.stream.pix_fmt = pix_fmt
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
         self.stream.options = encoding.options()

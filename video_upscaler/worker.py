@@ -23,6 +23,7 @@ import logging
 import tempfile
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +33,22 @@ from upscaler.engine import Engine, downscale_size
 from upscaler.errors import Conflict, NotFound, UpscalerError
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
 from upscaler.jobs.model import FINAL
-from upscaler.media.video import CODECS, VideoEncoding, probe
+from upscaler.media.video import CODECS, VideoEncoding, VideoInfo, probe
 from upscaler.providers import UpscaleProvider
+from upscaler.quality import Target
 from upscaler.sources import parse_s3_url
 from upscaler.store import ObjectStore
 from upscaler.videos import default_output_key, encodable_size, job_encoding, original_size, video_limits
-from video_upscaler import metrics
-from video_upscaler.pipeline import Interrupted, transcode
+from video_upscaler import metrics, targeting
+from video_upscaler.pipeline import Interrupted, TranscodeReport, transcode
+from video_upscaler.targeting import parse_target
 
 log = logging.getLogger("video_upscaler")
 
 ORIGINAL_WIDTH, ORIGINAL_HEIGHT = "original-width", "original-height"
+#: A targeted job whose whole clip misses the target on its sample frames is encoded again this many times at
+#: most, each time this many CRF steps lower.
+VERIFY_TRIES, CRF_STEP = 3, 2
 
 
 class JobCancelled(Exception):
@@ -228,6 +234,42 @@ class VideoWorker:
         bucket, _ = parse_s3_url(job.video)
         return StoreCheckpoints(self.store, bucket, f"{self.settings.video_checkpoint_prefix}{job.id}/", fingerprint)
 
+    def _restorer(self, job: Job) -> targeting.Restore:
+        """How an upscale job would bring a stored frame back: the provider with the video model."""
+        model = self.settings.video_default_model
+
+        def restore(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            return np.asarray(self.provider.upscale(rgb, size=size, model=model, endpoint=job.endpoint))
+
+        return restore
+
+    def _decide(self, job: Job, src: Path, info: VideoInfo) -> tuple[targeting.Decision, tuple[list[int], list]]:
+        """Choose the stored form for ``job.target`` on sample segments of ``src``; the decision and the samples
+        (frame numbers and source frames)."""
+        target = parse_target(str(job.target))
+        indices = targeting.sample_indices(info.frames or targeting.count_frames(src))
+        reference = targeting.read_frames(src, indices)
+        indices = indices[: len(reference)]  # a container that counts more frames than it has
+        runs = targeting.runs_of(indices)
+        rate = Fraction(info.rate).limit_denominator(1001) if info.rate else Fraction(25)
+
+        def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            return np.asarray(self.engine.downscale(rgb, size=size))
+
+        decision = targeting.choose(reference, runs, target, self._restorer(job), downscale, rate=rate)
+        log.info("target decided", extra={"job": job.id, **decision.to_dict()})
+        return decision, (indices, reference)
+
+    def _verify(
+        self, job: Job, target: Target, samples: tuple[list[int], list], stored: Path, size: tuple[int, int]
+    ) -> float:
+        """The target's metric on the sample frames of the whole stored clip, restored as an upscale would."""
+        indices, reference = samples
+        restore = self._restorer(job)
+        frames = targeting.read_frames(stored, indices)
+        restored = [f if f.shape[:2] == (size[1], size[0]) else restore(f, size) for f in frames]
+        return targeting.score(target, reference, restored)
+
     def _process(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int, dict[str, object]]:
         bucket, key = parse_s3_url(job.video)
         out_key = job.output_key or default_output_key(job.method, key)
@@ -246,7 +288,17 @@ class VideoWorker:
                 if job.codec in CODECS
                 else job_encoding(settings, job.method)  # a job submitted before codecs were a choice
             )
-            if job.method == "downscale":
+            written: dict[str, object] = {}
+            if job.method == "downscale" and job.target:  # the target chooses scale, codec and CRF
+                decision, samples = self._decide(job, src, info)
+                encoding = VideoEncoding.choose(decision.chosen.codec, crf=decision.chosen.crf)
+                requested = size = decision.chosen.size
+                written["decision"] = decision.to_dict()
+                metadata.update({ORIGINAL_WIDTH: str(width), ORIGINAL_HEIGHT: str(height)})
+
+                def fn(rgb: np.ndarray) -> np.ndarray:
+                    return rgb if size == (width, height) else np.asarray(self.engine.downscale(rgb, size=size))
+            elif job.method == "downscale":
                 if job.sizing == "original":
                     requested = original_size(width, height, job.min_size, job.max_size)
                 else:
@@ -265,11 +317,11 @@ class VideoWorker:
                 )
 
                 def fn(rgb: np.ndarray) -> np.ndarray:
+                    if rgb.shape[:2] == (size[1], size[0]):  # stored at full size (a target chose it): as it is
+                        return rgb
                     return np.asarray(self.provider.upscale(rgb, size=size, model=job.model, endpoint=job.endpoint))
 
             self.limits.check(info, size)
-            fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{encoding.label()}"
-            checkpoints = self._checkpoints(job, fingerprint)
             last = [time.monotonic()]
 
             def progress(done: int, total: int | None) -> None:
@@ -281,18 +333,39 @@ class VideoWorker:
                     raise JobCancelled(job.id)
                 self.jobs.update(job.id, frames_done=done, frames_total=total or info.frames)
 
-            report = transcode(
-                src,
-                dst,
-                fn,
-                size=size,
-                max_workers=max(1, job.max_workers),
-                encoding=encoding,
-                progress=progress,
-                segment_frames=settings.video_segment_frames,
-                checkpoints=checkpoints,
-                stop=stop.is_set if stop is not None else None,
-            )
+            def run(encoding: VideoEncoding) -> tuple[TranscodeReport, StoreCheckpoints]:
+                fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{encoding.label()}"
+                checkpoints = self._checkpoints(job, fingerprint)
+                report = transcode(
+                    src,
+                    dst,
+                    fn,
+                    size=size,
+                    max_workers=max(1, job.max_workers),
+                    encoding=encoding,
+                    progress=progress,
+                    segment_frames=settings.video_segment_frames,
+                    checkpoints=checkpoints,
+                    stop=stop.is_set if stop is not None else None,
+                )
+                return report, checkpoints
+
+            report, checkpoints = run(encoding)
+            if "decision" in written:  # the whole clip, checked on the sample frames; a lower CRF while it misses
+                target = parse_target(str(job.target))
+                for _ in range(VERIFY_TRIES):
+                    fidelity = self._verify(job, target, samples, dst, (width, height))
+                    if target.met(fidelity) or encoding.crf is None or encoding.crf <= CRF_STEP:
+                        break
+                    log.info("target missed on the whole clip", extra={"job": job.id, "fidelity": fidelity})
+                    checkpoints.clear()
+                    encoding = VideoEncoding.choose(encoding.codec, crf=encoding.crf - CRF_STEP)
+                    report, checkpoints = run(encoding)
+                written["fidelity"] = {
+                    target.metric: round(fidelity, 4),
+                    "frames": len(samples[1]),
+                    "met": target.met(fidelity),
+                }
             metrics.FRAMES.labels(job.method).inc(report.processed_frames)
             if report.dropped_streams:
                 log.warning(
@@ -300,7 +373,7 @@ class VideoWorker:
                 )
                 metadata["dropped-streams"] = ",".join(report.dropped_streams)
             self.store.put_file(bucket, out_key, dst, metadata=metadata, content_type="video/mp4")
-            written = {
+            written |= {
                 "size_requested": f"{requested[0]}x{requested[1]}",
                 "size": f"{size[0]}x{size[1]}",
                 "source_bytes": source.size,

@@ -61,6 +61,12 @@ class Job:
     #: Bytes of the source and of the output, once Completed.
     source_bytes: int | None = None
     output_bytes: int | None = None
+    #: Quality target of a downscale ("psnr:38", "ssim:0.97": the restored video against its source), what the
+    #: worker chose for it (scale, codec, CRF, the candidates measured on sample frames) and the fidelity of the
+    #: whole stored clip, restored, on those frames.
+    target: str | None = None
+    decision: dict[str, Any] | None = None
+    fidelity: dict[str, Any] | None = None
     frames_done: int = 0
     #: Frames the last run took from checkpoints of an earlier, interrupted run (not done again).
     resumed_frames: int = 0
@@ -97,6 +103,9 @@ class Job:
             "source_bytes": self.source_bytes,
             "output_bytes": self.output_bytes,
             "saved_percent": self.saved_percent,
+            "target": self.target,
+            "decision": self.decision,
+            "fidelity": self.fidelity,
         }
 
     @property

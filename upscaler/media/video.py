@@ -106,6 +106,9 @@ class VideoCodec:
     yuv444: bool
     #: Options that keep the encoder's console quiet (x265 prints a banner and statistics on stderr otherwise).
     quiet: tuple[tuple[str, str], ...] = ()
+    #: Smallest frame side the encoder is given: libx265 corrupts its heap (and aborts the process) on frames
+    #: under its 64-pixel coding tree unit here (48x32 did, reproducibly), so smaller frames are refused first.
+    min_side: int = 1
 
 
 #: The codecs a job may choose (option ``codec``). Option names and ranges are FFmpeg's: libx264/libx265 take
@@ -123,6 +126,7 @@ CODECS: dict[str, VideoCodec] = {
         odd_420=False,
         yuv444=True,
         quiet=(("x265-params", "log-level=error"),),
+        min_side=64,
     ),
     "av1": VideoCodec("av1", "libsvtav1", 63, tuple(str(i) for i in range(14)), "8", 30, odd_420=True, yuv444=False),
 }
@@ -194,7 +198,13 @@ class VideoEncoding:
         return {**rate, "preset": self.preset, **dict(self.spec.quiet)}
 
     def pix_fmt(self, size: tuple[int, int]) -> str:
-        """4:2:0 when the encoder takes it at this size, else 4:4:4 (x264/x265 at odd sizes)."""
+        """4:2:0 when the encoder takes it at this size, else 4:4:4 (x264/x265 at odd sizes); :class:`InvalidInput`
+        for a size the encoder cannot be given."""
+        if min(size) < self.spec.min_side:
+            raise InvalidInput(
+                f"codec {self.codec} needs frames of at least {self.spec.min_side}x{self.spec.min_side}, "
+                f"not {size[0]}x{size[1]}: choose another codec or a larger size"
+            )
         if (size[0] % 2 == 0 and size[1] % 2 == 0) or self.spec.odd_420:
             return "yuv420p"
         if self.spec.yuv444:

@@ -1,0 +1,220 @@
+"""Quality-targeted video: choose the stored form (scale x codec x CRF) that restores to a fidelity target.
+
+The counterpart of the image feature (``upscaler.quality``). A job with a ``target`` (PSNR-Y or SSIM-Y of the
+restored video against its source) is not sized by ``min_size``/``max_size``: sample segments of the source
+(``segments`` runs of ``length`` consecutive frames, spread over the clip) are encoded at each candidate scale
+(1 = full size, 2, 4) in each codec, decoded and restored through the job's own restoration path (the provider
+and model an upscale job would use), and scored against the source frames. For each scale and codec the highest
+CRF that still meets the target is found by bisection (fidelity falls as the CRF rises); the candidate with the
+fewest bytes wins. Full size with a modern codec is a candidate, as for images. Then the whole clip is encoded
+with the choice and checked again on the same frames of the real stored video; while it misses, the CRF steps
+down. The decision and the measured fidelity go into the job record.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from upscaler.errors import InvalidInput
+from upscaler.media.video import CODECS, VideoEncoding, encoder_available
+from upscaler.quality import Target
+from upscaler.videos import encodable_size, parse_target
+
+__all__ = ["Candidate", "Decision", "choose", "parse_target", "sample_indices"]
+
+log = logging.getLogger("video_upscaler.targeting")
+
+SCALES = (1, 2, 4)
+#: CRFs searched per codec: from a high quality to the codec's end of the scale.
+CRF_RANGE = {"h264": (12, 51), "hevc": (12, 51), "av1": (16, 63)}
+#: Scales that would store frames with a side under this are not tried (a codec's own floor is checked too).
+MIN_SIDE = 16
+
+Restore = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+
+
+@dataclass
+class Candidate:
+    scale: int
+    codec: str
+    crf: int
+    size: tuple[int, int]
+    bytes: int  # of the sample segments, encoded
+    fidelity: float  # the target's metric, mean over the sample frames
+
+
+@dataclass
+class Decision:
+    target: str
+    chosen: Candidate
+    tried: list[Candidate] = field(default_factory=list)  # the best CRF of each scale x codec that met the target
+    sample_frames: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        chosen = asdict(self.chosen)
+        chosen["size"] = f"{self.chosen.size[0]}x{self.chosen.size[1]}"
+        return {
+            "target": self.target,
+            "scale": self.chosen.scale,
+            "codec": self.chosen.codec,
+            "crf": self.chosen.crf,
+            "sample_frames": self.sample_frames,
+            "sample_fidelity": round(self.chosen.fidelity, 4),
+            "candidates": [
+                {
+                    "scale": c.scale,
+                    "codec": c.codec,
+                    "crf": c.crf,
+                    "sample_bytes": c.bytes,
+                    "fidelity": round(c.fidelity, 4),
+                }
+                for c in self.tried
+            ],
+        }
+
+
+def sample_indices(frames: int, segments: int = 3, length: int = 12) -> list[int]:
+    """Frame numbers of ``segments`` runs of ``length`` consecutive frames spread over ``frames`` (all of them
+    when the clip is that short)."""
+    if frames <= segments * length:
+        return list(range(frames))
+    starts = np.linspace(0, frames - length, segments).round().astype(int)
+    return sorted({int(s) + i for s in starts for i in range(length)})
+
+
+def read_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
+    """The RGB frames of ``path`` at ``indices`` (decode order = presentation order for our encodes)."""
+    import av
+
+    wanted, out = set(indices), []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(stream)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if i >= indices[-1]:
+                break
+    return out
+
+
+def runs_of(indices: list[int]) -> list[list[int]]:
+    """Consecutive runs of frame numbers (each sample segment is encoded on its own, starting with a keyframe)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def count_frames(path: Path) -> int:
+    """Frames of a video whose container does not say (decoded, to count them)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def encode_decode(frames: list[np.ndarray], encoding: VideoEncoding, rate: Fraction) -> tuple[int, list[np.ndarray]]:
+    """Encode ``frames`` (one segment) as ``encoding`` in memory; its bytes and its decoded frames."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream(encoding.spec.encoder, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, encoding.pix_fmt((w, h))
+        stream.options = encoding.options()
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = buf.getvalue()
+    with av.open(io.BytesIO(data)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    return len(data), decoded
+
+
+def stored_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The even frame size a clip is stored at for ``scale``."""
+    return encodable_size((round(width / scale), round(height / scale)))
+
+
+def score(target: Target, reference: list[np.ndarray], restored: list[np.ndarray]) -> float:
+    return float(np.mean([target.score(r, t) for r, t in zip(reference, restored, strict=True)]))
+
+
+def choose(
+    reference: list[np.ndarray],
+    runs: list[list[int]],
+    target: Target,
+    restore: Restore,
+    downscale: Restore,
+    *,
+    rate: Fraction,
+    codecs: tuple[str, ...] | None = None,
+    scales: tuple[int, ...] = SCALES,
+) -> Decision:
+    """The candidate with the fewest sample bytes that meets ``target``. ``reference``: the sample frames, in the
+    order of ``runs`` (their frame numbers); ``restore(rgb, size)`` brings a stored frame back to the source size,
+    ``downscale(rgb, size)`` makes the stored frame."""
+    height, width = reference[0].shape[:2]
+    codecs = codecs or tuple(name for name, c in CODECS.items() if encoder_available(c.encoder))
+    offsets = np.cumsum([0] + [len(r) for r in runs])
+    tried: list[Candidate] = []
+
+    for scale in scales:
+        size = stored_size(width, height, scale) if scale > 1 else (width, height)
+        if min(size) < MIN_SIDE:
+            continue
+        small = [downscale(f, size) if scale > 1 else f for f in reference]
+        for codec in codecs:
+
+            def measure(
+                crf: int, codec: str = codec, scale: int = scale, size: tuple[int, int] = size, small: list = small
+            ) -> Candidate:
+                encoding = VideoEncoding.choose(codec, crf=crf)
+                total, restored = 0, []
+                for k in range(len(runs)):
+                    n, decoded = encode_decode(small[offsets[k] : offsets[k + 1]], encoding, rate)
+                    total += n
+                    restored += [restore(f, (width, height)) if scale > 1 else f for f in decoded]
+                return Candidate(scale, codec, crf, size, total, score(target, reference, restored))
+
+            lo, hi = CRF_RANGE[codec]
+            try:
+                best = measure(lo)
+            except InvalidInput as exc:  # this encoder cannot write frames this small, say
+                log.info("candidate skipped", extra={"scale": scale, "codec": codec, "reason": exc.message})
+                continue
+            if not target.met(best.fidelity):
+                continue  # not even its best quality reaches the target at this scale
+            while hi - lo > 1:  # invariant: lo meets the target; the highest CRF that does lies in [lo, hi]
+                mid = (lo + hi) // 2
+                candidate = measure(mid)
+                if target.met(candidate.fidelity):
+                    lo, best = mid, candidate
+                else:
+                    hi = mid
+            if hi == CRF_RANGE[codec][1] and hi != best.crf:
+                top = measure(hi)
+                if target.met(top.fidelity):
+                    best = top
+            tried.append(best)
+    if not tried:
+        raise InvalidInput(f"no stored form reaches the target {target} (full size at the best quality included)")
+    chosen = min(tried, key=lambda c: (c.bytes, -c.scale))
+    return Decision(str(target), chosen, tried, len(reference))
