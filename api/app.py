@@ -5,10 +5,14 @@ gunicorn runs ``api.app:create_app()``; tests call ``create_app(settings)`` dire
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -17,7 +21,7 @@ from api.openapi import spec
 from upscaler import logs
 from upscaler.config import Settings
 from upscaler.engine import Engine
-from upscaler.errors import Unavailable, UpscalerError
+from upscaler.errors import InvalidInput, Unavailable, UpscalerError
 from upscaler.jobs.factory import open_job_queue, open_job_store
 from upscaler.providers import open_provider
 from upscaler.service import S3CommonUpscaler
@@ -29,7 +33,12 @@ log = logging.getLogger("api")
 
 def build_service(settings: Settings) -> S3CommonUpscaler:
     engine = Engine(settings)
-    store = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url or None)
+    store = open_store(
+        settings.storage,
+        endpoint_url=settings.s3_endpoint_url or None,
+        timeout=settings.s3_timeout,
+        max_attempts=settings.s3_max_attempts,
+    )
     return S3CommonUpscaler(store, open_provider(settings, engine), engine, settings)
 
 
@@ -50,6 +59,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     video_jobs = build_videos(settings, service)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.url_map.merge_slashes = False  # '//' is not redirected to another key: the key is refused (400)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["upscaler.service"] = service
     app.extensions["upscaler.settings"] = settings
@@ -74,10 +84,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
 
     threading.Thread(target=warm, name="warmup", daemon=True).start()
 
-    @app.get("/ready")
-    def ready_route() -> Response:
-        if not ready.is_set():
-            raise Unavailable(failure[-1] if failure else "model still loading", retry_after=2)
+    def check_dependencies() -> None:
         if not settings.storage.startswith("s3"):
             service.store.ping(settings.default_bucket)
         elif settings.allowed_buckets:  # HeadBucket on each: no account-wide s3:ListAllMyBuckets needed
@@ -86,6 +93,19 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
         else:
             service.store.ping(None)  # any bucket may be named: ListBuckets proves the credentials work
         video_jobs.jobs.ping()
+
+    checks = _OneAtATime(check_dependencies)
+
+    @app.get("/ready")
+    def ready_route() -> Response:
+        if not ready.is_set():
+            raise Unavailable(failure[-1] if failure else "model still loading", retry_after=2)
+        if not checks.wait(settings.ready_timeout):
+            raise Unavailable(
+                f"the store or the job table did not answer within {settings.ready_timeout:g} s "
+                "(UPSCALER_READY_TIMEOUT)",
+                retry_after=2,
+            )
         return jsonify({"status": "ready", **service.provider.describe(), "storage": settings.storage})
 
     @app.get("/metrics")
@@ -99,9 +119,48 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     return app
 
 
+class _OneAtATime:
+    """Runs ``check`` in its own thread, one run at a time: callers wait for the run in progress (or start one) up
+    to their deadline, so a hung dependency costs one blocked thread, however often the probe asks."""
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self._running: concurrent.futures.Future[None] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ready-check")
+
+    def wait(self, seconds: float) -> bool:
+        """True when a run ended in time (its exception, if any, is raised); False when it is still going."""
+        with self._lock:
+            if self._running is None or self._running.done():
+                self._running = self._pool.submit(self._check)
+            running = self._running
+        try:
+            running.result(timeout=seconds)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+
+def _check_url(environ: dict[str, Any]) -> None:
+    """The path and query, once percent-decoded, must be UTF-8: Werkzeug would turn invalid bytes into U+FFFD, so
+    ``/v1/images/%ff`` and ``/v1/images/%fe`` would name the same key. No path has an empty segment (``//``):
+    it is refused, not redirected to another key."""
+    if "//" in environ.get("PATH_INFO", ""):
+        raise InvalidInput("the path has an empty segment ('//'); object keys have none")
+    path = environ.get("PATH_INFO", "").encode("latin-1", "replace")  # WSGI: the decoded bytes, one char each
+    query = unquote_to_bytes(environ.get("QUERY_STRING", ""))
+    try:
+        path.decode("utf-8")
+        query.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the URL's path or query is not valid UTF-8 once percent-decoded") from None
+
+
 def _install_hooks(app: Flask) -> None:
     @app.before_request
     def start() -> None:
+        _check_url(request.environ)
         rid = request.headers.get("X-Request-Id", "")
         if not (0 < len(rid) <= 128 and rid.isprintable()):
             rid = uuid.uuid4().hex

@@ -27,10 +27,15 @@ DEFAULT_TLS_DIR = Path("data/tls")
 
 def _anonymous_check(host: str) -> str | None:
     """None when the server may start; else why not. Without API keys the API serves loopback only."""
+    from upscaler.auth import KeyRing
     from upscaler.config import Settings
 
     settings = Settings.from_env()
-    if settings.api_keys_file or settings.api_keys:
+    try:
+        keys = KeyRing(settings.api_keys_file or None, settings.api_keys).count
+    except ValueError as exc:  # a document the service could not read: say so now, not at the first request
+        return f"API keys: {exc}"
+    if keys:
         return None
     try:
         loopback = ipaddress.ip_address(host).is_loopback

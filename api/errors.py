@@ -6,7 +6,7 @@ import logging
 import time
 
 from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from api.responses import error
 from upscaler.errors import Busy, Unauthorized, Unavailable, UpscalerError
@@ -55,6 +55,17 @@ def register(app: Flask) -> None:
         limit = app.config.get("MAX_CONTENT_LENGTH") or 0
         _drain()
         return error(f"request body is over the limit of {limit} bytes", 413, "too_large")
+
+    @app.errorhandler(ClientDisconnected)
+    def body_stalled(exc: ClientDisconnected) -> Response:
+        # the body ended early: the client went (nobody reads this) or stalled past UPSCALER_BODY_TIMEOUT
+        seconds = current_app.extensions["upscaler.settings"].body_timeout
+        log.info("request refused", extra={"status": 408, "code": "request_timeout", "reason": "body stalled"})
+        return error(
+            f"the request body stopped before its Content-Length (nothing for {seconds:g} s, or the client left)",
+            408,
+            "request_timeout",
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -15,14 +15,38 @@ from upscaler.errors import InvalidInput, UnsupportedMedia
 _DATA_URL = re.compile(r"^data:[\w.+/-]+;base64,", re.IGNORECASE)
 
 
+#: Deepest nesting of a JSON body (objects and arrays); no request of this API needs more than three.
+MAX_JSON_DEPTH = 32
+
+
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         ctype = request.content_type or "none"
         raise UnsupportedMedia(f"expected Content-Type application/json, got {ctype}")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = _depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInput(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests objects and arrays (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def b64_image(value: Any, field: str) -> bytes:
@@ -60,6 +84,8 @@ def number(source: dict[str, Any], field: str, *, lo: float, hi: float, integer:
         raise InvalidInput(f"'{field}' must be a number")
     try:
         num = float(value)
+    except OverflowError:  # an integer past float's range (1e309): out of range, not malformed
+        num = math.inf
     except (TypeError, ValueError):
         raise InvalidInput(f"'{field}' must be a number") from None
     if not math.isfinite(num) or not lo <= num <= hi:

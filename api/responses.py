@@ -4,6 +4,7 @@ body) with the matching HTTP status; /v1 answers plain JSON objects."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from flask import Response, jsonify, request
 
@@ -15,6 +16,11 @@ def legacy(data: Any, status: int = 200, **headers: str) -> Response:
     resp.status_code = status
     resp.headers.update(headers)
     return resp
+
+
+def location(prefix: str, key: str, bucket: str | None = None) -> str:
+    """A ``Location`` for ``key`` (and ``bucket``), percent-encoded: ``a?b.png`` must not read as a query."""
+    return prefix + quote(key, safe="/") + (f"?{urlencode({'bucket': bucket})}" if bucket else "")
 
 
 def error(message: str, status: int, code: str, headers: dict[str, str] | None = None) -> Response:

@@ -9,6 +9,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from api import params
 from api.auth import allowed
+from api.responses import location
 from upscaler import media, sources
 from upscaler.engine import registry
 from upscaler.errors import InvalidInput, UnsupportedMedia
@@ -72,7 +73,7 @@ def put_image(key: str) -> Response:
     result = service().store_image(data, bucket=bucket, key=key, **params.store_options(args))
     resp = jsonify(result.to_dict())
     resp.status_code = 201
-    resp.headers["Location"] = f"/v1/images/{key}" + (f"?bucket={result.bucket}" if "bucket" in args else "")
+    resp.headers["Location"] = location("/v1/images/", key, result.bucket if "bucket" in args else None)
     return resp
 
 

@@ -19,6 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from api import params
 from api.auth import allowed, job_allowed, video_job_allowed
+from api.responses import location
 from upscaler.errors import InvalidInput, TooLarge, UnsupportedMedia
 from upscaler.videos import VideoJobs
 
@@ -57,7 +58,7 @@ def put_video(key: str) -> Response:
         stored = svc.upload(bucket, key, path)
     resp = jsonify(stored)
     resp.status_code = 201
-    resp.headers["Location"] = f"/v1/videos/{stored['key']}?bucket={stored['bucket']}"
+    resp.headers["Location"] = location("/v1/videos/", stored["key"], stored["bucket"])
     return resp
 
 
@@ -81,8 +82,7 @@ def get_video(key: str) -> Response:
 
 
 def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
-    """A job's output encoding as asked (codec, crf or qp, preset, or a quality target that chooses them);
-    VideoJobs.submit checks it."""
+    """A job's output encoding as asked (codec, crf or qp, preset); VideoJobs.submit checks it against the codec."""
     crf = params.number(source, "crf", lo=0, hi=63, integer=True)
     qp = params.number(source, "qp", lo=0, hi=63, integer=True)
     return {
@@ -90,7 +90,6 @@ def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
         "crf": None if crf is None else int(crf),
         "qp": None if qp is None else int(qp),
         "preset": params.text(source, "preset", max_len=16),
-        "target": params.text(source, "target", max_len=32),
     }
 
 
@@ -120,7 +119,7 @@ def submit_job() -> Response:
     )
     resp = jsonify(job.to_v1())
     resp.status_code = 202
-    resp.headers["Location"] = f"/v1/jobs/{job.id}"
+    resp.headers["Location"] = location("/v1/jobs/", job.id)
     return resp
 
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,7 @@ def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tup
     """Start `upscaler serve` (gunicorn, HTTPS with a self-signed certificate) in ``workdir``; yield its URL."""
     port = free_port()
     url = f"https://127.0.0.1:{port}"
-    full_env = {"UPSCALER_NCNN_THREADS": "2", "GUNICORN_THREADS": "4", **(env or {})}
+    full_env = {"UPSCALER_NCNN_THREADS": "2", **(env or {})}
     with _process(
         [str(UPSCALER), "serve", "--port", str(port), *extra_args], workdir, full_env, url + "/ready", "server.log"
     ):
@@ -117,3 +118,57 @@ def model_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[s
     argv = [str(MODEL_SERVER), "serve", "--bind", f"127.0.0.1:{port}"]
     with _process(argv, workdir, {"UPSCALER_NCNN_THREADS": "2", **(env or {})}, url + "/ping", "model-server.log"):
         yield url
+
+
+@contextlib.contextmanager
+def hung_endpoint() -> Iterator[str]:
+    """A TCP server on loopback that accepts connections and never answers (a hung S3); yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for s in held:
+            s.close()
+        listener.close()
+
+
+@contextlib.contextmanager
+def hung_s3_api(workdir: Path, env: dict[str, str]) -> Iterator[str]:
+    """`upscaler serve` whose S3 endpoint accepts connections and never answers; yields its URL once /health
+    answers (/ready cannot: the store never does)."""
+    with hung_endpoint() as endpoint:
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        full_env = {
+            **AWS_TEST_ENV,
+            "UPSCALER_STORAGE": "s3://",
+            "UPSCALER_S3_ENDPOINT_URL": endpoint,
+            "UPSCALER_VIDEO_WORKERS": "0",
+            "UPSCALER_NCNN_THREADS": "2",
+            **env,
+        }
+        with _process([str(UPSCALER), "serve", "--port", str(port)], workdir, full_env, url + "/health", "hung.log"):
+            yield url
+
+
+def ready_once_loaded(url: str, timeout: float = 60.0) -> requests.Response:
+    """The first ``/ready`` answer given once the model has loaded (whatever the dependencies say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = requests.get(url + "/ready", verify=False, timeout=timeout)
+        if "model still loading" not in resp.text or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.3)

@@ -115,6 +115,12 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self.path) or bool(self.inline)
 
+    @property
+    def count(self) -> int:
+        """Keys configured now (an empty or blank document, inline or in the file, has none)."""
+        self._reload()
+        return len(self.inline) + len(self._from_file)
+
     def _reload(self, force: bool = False) -> None:
         if self.path is None:
             return

@@ -70,6 +70,12 @@ class Settings:
     s3_endpoint_url: str = ""
     #: Bucket used when a request names none (the same for the legacy and /v1 routes).
     default_bucket: str = "media"
+    #: Seconds one S3 call may take in all, retries included: each of ``s3_max_attempts`` attempts gets an equal
+    #: share, as a connect timeout (at most 3 s) and a read timeout (per read, the rest of the share).
+    s3_timeout: float = 30.0
+    s3_max_attempts: int = 3
+    #: Seconds ``/ready`` waits for its checks (store, job table) before answering 503.
+    ready_timeout: float = 3.0
     #: Buckets requests may name; empty = any valid bucket name.
     allowed_buckets: tuple[str, ...] = ()
     #: Codec and quality the downscaled image is stored with (chosen by benchmarks/bench_codecs.py).
@@ -81,15 +87,6 @@ class Settings:
     upscaler: str = "local"
     #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
     allowed_endpoints: tuple[str, ...] = ()
-    #: Quality target applied to stores that give none and no scale/codec/quality either (psnr:35, ssim:0.95,
-    #: exact, bpp:0.1, bytes:50000; see upscaler/quality.py); empty = the fixed form above.
-    default_target: str = ""
-    #: Encoder effort of the stored forms: AVIF speed (0 slowest/smallest .. 10) and JPEG XL effort (1 fastest ..
-    #: 9), chosen by benchmarks/bench_codecs.py --efforts at the smallest quality meeting 35 dB PSNR-Y: AVIF speed 4
-    #: stores 6 % less than 6 for 5x the time, 8 stores 15 % more; JPEG XL effort 3 stores 2 % less than 7 and is
-    #: 8x faster (libjxl's higher efforts aim at its own visual metric, not PSNR).
-    avif_speed: int = 6
-    jxl_effort: int = 3
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
     sagemaker_dialect: str = "byoc"
     #: Endpoints that are JumpStart Stable Diffusion x4 upscalers (spoken to in that dialect whatever the default).
@@ -136,6 +133,19 @@ class Settings:
     #: Seconds a request waits for a free slot before it is answered 429 with Retry-After.
     inflight_wait: float = 10.0
 
+    # --- HTTP front (gunicorn with api.worker.ApiWorker) --------------------------------------------------------
+    #: Seconds a new connection has to finish its TLS handshake.
+    handshake_timeout: float = 10.0
+    #: Seconds a request's line and headers have to arrive, in all (not per read: a client sending a byte at a
+    #: time is cut off too).
+    header_timeout: float = 10.0
+    #: Seconds a request body may stall between two reads before the request ends (408).
+    body_timeout: float = 30.0
+    #: Seconds an idle connection is kept: kept alive after an answer, or open with no request yet.
+    idle_timeout: int = 5
+    #: Requests that may wait for a work slot at once (beyond ``max_inflight`` running); more get 429 at once.
+    max_queued: int = 8
+
     # --- video jobs -----------------------------------------------------------------------------------------
     #: Job store: a SQLite file (the embedded default) or ``dynamodb:<table>``.
     job_store: str = "./data/jobs.db"
@@ -163,12 +173,10 @@ class Settings:
     video_scratch: str = ""
     #: Model for video upscaling when a job names none (chosen by benchmarks/bench_video.py).
     video_default_model: str = "span"
-    #: Codec of a stored (downscaled) video: av1 (libsvtav1), hevc (libx265) or h264 (libx264); a job may choose
+    #: Codec of a stored (downscaled) video: h264 (libx264), hevc (libx265) or av1 (libsvtav1); a job may choose
     #: another. CRF (-1 = the codec's default, upscaler.media.video.CODECS), or a constant QP instead (-1 = off),
-    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1). AV1 by
-    #: measurement (benchmarks/bench_video.py --storage): at x4 its crf 30 took 0.24-0.79 (median 0.29) of H.264
-    #: crf 18's bytes for -0.5..+0.6 dB restored PSNR-Y, and encoded fastest.
-    video_stored_codec: str = "av1"
+    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1).
+    video_stored_codec: str = "h264"
     video_stored_crf: int = -1
     video_stored_qp: int = -1
     video_stored_preset: str = ""

@@ -3,7 +3,7 @@
 An ``http(s)`` URL is fetched only when its host is on the allow-list (``UPSCALER_ALLOWED_SOURCE_HOSTS``: exact
 names or ``*.example.com``) and every address it resolves to is public, unless private addresses are allowed by
 ``UPSCALER_ALLOW_PRIVATE_SOURCES``; the cloud metadata addresses are refused always. Redirects are followed by
-hand (at most 3), each hop checked again. The body is read with a byte limit and a timeout.
+hand (at most 3), each hop checked again. The body is read with a byte limit, all of it within one deadline.
 ``s3://bucket/key`` reads from the service's object store (bucket allow-list applies).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from upscaler.config import Settings
@@ -62,13 +64,15 @@ def check_url(url: str, settings: Settings) -> None:
 
 
 def fetch_url(url: str, settings: Settings, max_bytes: int) -> bytes:
-    """GET ``url`` within the allow-lists, the byte limit and the timeout."""
+    """GET ``url`` within the allow-lists, the byte limit and ``source_timeout`` seconds in all: redirects,
+    connections and every read of the body included (a source sending a byte at a time is cut off too)."""
     import requests
 
+    deadline = time.monotonic() + settings.source_timeout
     for _ in range(MAX_REDIRECTS + 1):
         check_url(url, settings)
         try:
-            resp = requests.get(url, timeout=settings.source_timeout, stream=True, allow_redirects=False)
+            resp = requests.get(url, timeout=_remaining(deadline, settings), stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             raise Unavailable(f"source URL could not be fetched: {type(exc).__name__}") from None
         with resp:
@@ -82,14 +86,34 @@ def fetch_url(url: str, settings: Settings, max_bytes: int) -> bytes:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise TooLarge(f"source is {int(declared)} bytes, over the limit of {max_bytes}")
-            chunks, total = [], 0
-            for chunk in resp.iter_content(64 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise TooLarge(f"source is over the limit of {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return _read_body(resp, max_bytes, deadline, settings)
     raise InvalidInput(f"source URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _remaining(deadline: float, settings: Settings) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Unavailable(f"source URL took more than {settings.source_timeout:g} s (UPSCALER_SOURCE_TIMEOUT)")
+    return left
+
+
+def _read_body(resp: Any, max_bytes: int, deadline: float, settings: Settings) -> bytes:
+    """The body, read as it arrives (``read1``: what is there, not a full chunk) so the deadline is checked after
+    every read; one stalled read is cut by the socket timeout, itself no more than what was left at the request."""
+    import requests
+    import urllib3
+
+    chunks, total = [], 0
+    try:
+        while chunk := resp.raw.read1(64 * 1024, decode_content=True):
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLarge(f"source is over the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+            _remaining(deadline, settings)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise Unavailable(f"source URL could not be read: {type(exc).__name__}") from None
+    return b"".join(chunks)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

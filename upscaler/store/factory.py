@@ -11,12 +11,15 @@ from upscaler.store.base import ObjectStore
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def open_store(spec: str, *, endpoint_url: str | None = None) -> ObjectStore:
+def open_store(
+    spec: str, *, endpoint_url: str | None = None, timeout: float = 30.0, max_attempts: int = 3
+) -> ObjectStore:
     """The store ``spec`` names.
 
     * ``s3`` or ``s3://`` -> :class:`~upscaler.store.s3.S3Store` (the bucket comes from each call);
       ``s3://<anything>/<prefix>`` also prepends ``<prefix>/`` to every key. ``endpoint_url`` points it at an
-      S3-compatible endpoint (moto, MinIO, LocalStack); None uses AWS's.
+      S3-compatible endpoint (moto, MinIO, LocalStack); None uses AWS's. Each call takes ``timeout`` seconds at
+      most, its ``max_attempts`` attempts included (a hung endpoint answers 503 in that time, not in minutes).
     * ``file:///abs/path`` or a plain folder path -> :class:`~upscaler.store.local.LocalFolderStore`.
 
     Anything else (an empty string, another URL scheme, a ``file://`` URL naming a remote host) is
@@ -31,7 +34,15 @@ def open_store(spec: str, *, endpoint_url: str | None = None) -> ObjectStore:
         except ImportError:
             raise InvalidInput("UPSCALER_STORAGE=s3:// needs boto3 (pip install 'media-upscaler[aws]')") from None
         prefix = unquote(urlsplit(spec).path) if spec.startswith("s3://") else ""
-        return S3Store(endpoint_url=endpoint_url, prefix=prefix)
+        share = timeout / max(1, max_attempts)
+        connect = min(3.0, share / 3)
+        return S3Store(
+            endpoint_url=endpoint_url,
+            prefix=prefix,
+            max_attempts=max_attempts,
+            connect_timeout=connect,
+            read_timeout=share - connect,
+        )
 
     from upscaler.store.local import LocalFolderStore
 

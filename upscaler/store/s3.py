@@ -119,18 +119,19 @@ class S3Store(ObjectStore):
         *,
         endpoint_url: str | None = None,
         prefix: str = "",
-        max_attempts: int = 5,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 7.0,
         multipart_threshold: int = 64 * 1024 * 1024,
         multipart_chunksize: int = 16 * 1024 * 1024,
         max_concurrency: int = 8,
     ) -> None:
         """``endpoint_url``: an S3-compatible endpoint (None: AWS's). ``prefix``: prepended to every key.
-        ``max_attempts``: botocore's ``retries["max_attempts"]`` in "standard" mode, i.e. retries after the first
-        attempt of each request (throttling, 5xx, connection errors). ``connect_timeout``, ``read_timeout``: socket
-        timeouts in seconds. ``multipart_*`` and ``max_concurrency``: how :meth:`put_file` and :meth:`get_file`
-        split large objects into parts transferred in parallel."""
+        ``max_attempts``: botocore's ``retries["max_attempts"]`` in "standard" mode, i.e. attempts of each request,
+        the first included (retried on throttling, 5xx, connection errors and timeouts). ``connect_timeout``,
+        ``read_timeout``: socket timeouts in seconds, per attempt (so a hung endpoint fails a call in about
+        ``max_attempts * (connect_timeout + read_timeout)`` seconds). ``multipart_*`` and ``max_concurrency``: how
+        :meth:`put_file` and :meth:`get_file` split large objects into parts transferred in parallel."""
         #: The endpoint URL given (None: AWS's, from the standard configuration chain).
         self.endpoint_url = endpoint_url
         prefix = prefix.strip("/")

@@ -1,0 +1,132 @@
+"""Careless and hostile inputs against the real `upscaler serve` (issue #15, defects 5, 6, 11, 12, 13, 14): each
+gets a JSON 400 (never a 500, a redirect, or another key), and headers that name keys are percent-encoded."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.servers import UPSCALER, api_server, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with api_server(tmp_path_factory.mktemp("inputs"), {"UPSCALER_VIDEO_WORKERS": "0"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (10, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _is_json_400(resp: requests.Response) -> bool:
+    body = resp.json()
+    message = body[0]["error"] if isinstance(body, list) else body["error"]
+    return resp.status_code == 400 and "application/json" in resp.headers["Content-Type"] and bool(message)
+
+
+JSON_ROUTES = [("POST", "/store"), ("POST", "/v1/images/deep.png"), ("POST", "/v1/upscale"), ("POST", "/storeVideo")]
+JSON_ROUTES += [("POST", "/v1/jobs")]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+def test_deeply_nested_json_is_400(api: str, method: str, path: str) -> None:
+    """Defect 5: ~1000 levels made a RecursionError (500); 40 levels is already far past any request's shape."""
+    for depth in (40, 1000, 100_000):
+        body = "[" * depth + "]" * depth
+        resp = requests.request(
+            method, api + path, data=body, headers={"Content-Type": "application/json"}, verify=False, timeout=30
+        )
+        assert _is_json_400(resp), (depth, resp.status_code, resp.text[:200])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/store", {"image": "aGk=", "s3_key_name": "n.png", "scale": 10**400}),
+        ("/store", {"image": "aGk=", "s3_key_name": "n.png", "quality": -(10**309)}),
+        ("/v1/upscale", {"img": "aGk=", "scale": 10**309}),
+        ("/storeVideo", {"s3_key_name": "v.mp4", "min_size": 10**309}),
+        ("/v1/jobs", {"method": "upscale", "key": "v.mp4", "max_workers": 10**309}),
+    ],
+)
+def test_huge_integers_are_400(api: str, path: str, body: dict) -> None:
+    """Defect 6: an integer past float's range made an OverflowError (500)."""
+    resp = requests.post(api + path, json=body, verify=False, timeout=30)
+    assert _is_json_400(resp), resp.text[:300]
+    assert "between" in resp.text or "must be" in resp.text
+
+
+def test_location_is_percent_encoded(api: str, png: bytes) -> None:
+    """Defect 12: ``a%3Fb.png`` came back as ``Location: /v1/images/loc/a?b.png?bucket=media``."""
+    put = requests.put(api + "/v1/images/loc/a%3Fb%20c.png?bucket=media", data=png, verify=False, timeout=60)
+    assert put.status_code == 201, put.text
+    assert put.headers["Location"] == "/v1/images/loc/a%3Fb%20c.png?bucket=media"
+    back = requests.get(api + put.headers["Location"], params={"model": "bicubic"}, verify=False, timeout=60)
+    assert back.status_code == 200 and Image.open(io.BytesIO(back.content)).size == (16, 12)
+    assert put.json()["s3_key"] == "loc/a?b c.png"
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET", "DELETE"])
+def test_double_slashes_are_refused_not_redirected(api: str, png: bytes, method: str) -> None:
+    """Defect 13: ``//`` got an HTML 308 to another key (``/v1/images//etc/passwd`` -> ``/v1/images/etc/passwd``)."""
+    for path in ("/v1/images//etc/passwd", "/v1/images/a//b.png"):
+        resp = requests.request(method, api + path, data=png, verify=False, timeout=30, allow_redirects=False)
+        assert _is_json_400(resp), (path, resp.status_code, resp.text[:200])
+
+
+def test_invalid_utf8_in_a_key_is_refused(api: str, png: bytes) -> None:
+    """Defect 14: ``%ff`` and ``%fe`` both became U+FFFD, so two different keys hit one object."""
+    assert _is_json_400(requests.put(api + "/v1/images/%ff", data=png, verify=False, timeout=30))
+    assert _is_json_400(requests.get(api + "/v1/images/%fe", verify=False, timeout=30))
+    legacy = requests.get(api + "/retrieve?s3_key=%ff.png", verify=False, timeout=30)
+    assert _is_json_400(legacy) and legacy.json()[1] == 400  # the legacy shape
+    ok = requests.put(api + "/v1/images/caf%C3%A9.png", data=png, verify=False, timeout=60)
+    assert ok.status_code == 201 and ok.json()["s3_key"] == "café.png"  # valid UTF-8 still works
+
+
+def _serve_public(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str] | None:
+    """`upscaler serve --host 0.0.0.0`; None when it started serving (stopped after a few seconds)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    argv = [str(UPSCALER), "serve", "--host", "0.0.0.0", "--port", str(free_port())]
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env={**clean, "UPSCALER_VIDEO_WORKERS": "0", **env},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(argv, proc.returncode, "", err)
+
+
+@pytest.mark.parametrize("document", ['{"keys": []}', " ", "[]"])
+def test_an_empty_key_document_counts_as_no_keys(document: str, tmp_path: Path) -> None:
+    """Defect 11: with any of these, `--host 0.0.0.0` served everyone while the log said "loopback only"."""
+    inline = _serve_public(tmp_path, {"UPSCALER_API_KEYS": document})
+    assert inline is not None, "it served on 0.0.0.0"
+    assert inline.returncode == 2 and "refusing to serve on 0.0.0.0 without API keys" in inline.stderr
+    keys = tmp_path / "keys.json"
+    keys.write_text(document)
+    in_file = _serve_public(tmp_path, {"UPSCALER_API_KEYS_FILE": str(keys)})
+    assert in_file is not None and in_file.returncode == 2, "it served on 0.0.0.0"
