@@ -82,7 +82,8 @@ def get_video(key: str) -> Response:
 
 
 def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
-    """A job's output encoding as asked (codec, crf or qp, preset); VideoJobs.submit checks it against the codec."""
+    """A job's output encoding as asked (codec, crf or qp, preset, or a quality target that chooses them);
+    VideoJobs.submit checks it."""
     crf = params.number(source, "crf", lo=0, hi=63, integer=True)
     qp = params.number(source, "qp", lo=0, hi=63, integer=True)
     return {
@@ -90,6 +91,7 @@ def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
         "crf": None if crf is None else int(crf),
         "qp": None if qp is None else int(qp),
         "preset": params.text(source, "preset", max_len=16),
+        "target": params.text(source, "target", max_len=32),
     }
 
 

@@ -87,6 +87,15 @@ class Settings:
     upscaler: str = "local"
     #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
     allowed_endpoints: tuple[str, ...] = ()
+    #: Quality target applied to stores that give none and no scale/codec/quality either (psnr:35, ssim:0.95,
+    #: exact, bpp:0.1, bytes:50000; see upscaler/quality.py); empty = the fixed form above.
+    default_target: str = ""
+    #: Encoder effort of the stored forms: AVIF speed (0 slowest/smallest .. 10) and JPEG XL effort (1 fastest ..
+    #: 9), chosen by benchmarks/bench_codecs.py --efforts at the smallest quality meeting 35 dB PSNR-Y: AVIF speed 4
+    #: stores 6 % less than 6 for 5x the time, 8 stores 15 % more; JPEG XL effort 3 stores 2 % less than 7 and is
+    #: 8x faster (libjxl's higher efforts aim at its own visual metric, not PSNR).
+    avif_speed: int = 6
+    jxl_effort: int = 3
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
     sagemaker_dialect: str = "byoc"
     #: Endpoints that are JumpStart Stable Diffusion x4 upscalers (spoken to in that dialect whatever the default).
@@ -173,10 +182,12 @@ class Settings:
     video_scratch: str = ""
     #: Model for video upscaling when a job names none (chosen by benchmarks/bench_video.py).
     video_default_model: str = "span"
-    #: Codec of a stored (downscaled) video: h264 (libx264), hevc (libx265) or av1 (libsvtav1); a job may choose
+    #: Codec of a stored (downscaled) video: av1 (libsvtav1), hevc (libx265) or h264 (libx264); a job may choose
     #: another. CRF (-1 = the codec's default, upscaler.media.video.CODECS), or a constant QP instead (-1 = off),
-    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1).
-    video_stored_codec: str = "h264"
+    #: and the encoder's preset ("" = the codec's default: "medium" for x264/x265, "8" for SVT-AV1). AV1 by
+    #: measurement (benchmarks/bench_video.py --storage): at x4 its crf 30 took 0.24-0.79 (median 0.29) of H.264
+    #: crf 18's bytes for -0.5..+0.6 dB restored PSNR-Y, and encoded fastest.
+    video_stored_codec: str = "av1"
     video_stored_crf: int = -1
     video_stored_qp: int = -1
     video_stored_preset: str = ""

@@ -8,6 +8,7 @@ format and mode.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from upscaler import media
 from upscaler.backpressure import WorkSlots
 from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
-from upscaler.errors import Forbidden, InvalidInput
+from upscaler.errors import Forbidden, InvalidInput, UndecodableImage
 from upscaler.providers import UpscaleProvider
 from upscaler.quality import Decision, Target, choose_form
 from upscaler.store import ObjectStore
@@ -138,7 +139,10 @@ class S3CommonUpscaler:
         start = time.perf_counter()
         bucket = self.bucket(bucket)
         key = validate_key(key)
+        fixed = scale is not None or codec is not None or quality is not None
         scale, codec, quality = self._options(scale, codec, quality)
+        if target is None and not fixed and self.settings.default_target:
+            target = self.settings.default_target  # UPSCALER_DEFAULT_TARGET
         goal = Target.parse(target) if isinstance(target, str) else target
         if model is not None:
             self.engine.resolve(model, max(scale, 1.0))  # unknown model -> 400 now, not at retrieve time
@@ -149,7 +153,7 @@ class S3CommonUpscaler:
             record.model = model or ""
             if goal is None:
                 small = self.engine.downscale(decoded.pixels, scale) if scale > 1 else decoded.pixels
-                blob = media.encode_stored(small, codec, quality)
+                blob = media.encode_stored(small, codec, quality, speed=self.settings.avif_speed)
                 width, height = _dimensions(small)
             else:
                 decision = self._choose(data, decoded.pixels, record, goal)
@@ -159,6 +163,10 @@ class S3CommonUpscaler:
                 )
                 record.target, record.fidelity = str(goal), _finite(decision.form.score)
             del decoded
+            if getattr(blob, "codec", "") == "jxl-jpeg":  # the original file must come back: check it now
+                back = hashlib.sha256(media.reconstruct_jpeg(blob)).hexdigest()
+                if back != record.sha256:
+                    raise UndecodableImage("the JPEG XL recompression does not give back the original JPEG")
         record.scale = scale
         record.stored_codec = getattr(blob, "codec", "original")  # raw bytes: the original file, kept as it came
         record.stored_quality = quality
@@ -189,7 +197,8 @@ class S3CommonUpscaler:
 
     def decide(self, data: bytes, target: str | Target, model: str | None = None, **search: Any) -> Decision:
         """What :meth:`store_image` would store for ``data`` with this quality target (a dry run). ``search``
-        narrows the candidates (:func:`upscaler.quality.choose_form`'s ``scales``, ``scale1_codecs``, ``ladder``)."""
+        narrows the candidates (:func:`upscaler.quality.choose_form`'s ``forms``, ``prune``, ``keep_original``,
+        ``cache``)."""
         goal = Target.parse(target) if isinstance(target, str) else target
         with self.slots.take():
             decoded = media.decode(data, self.limits)
@@ -200,25 +209,42 @@ class S3CommonUpscaler:
         """Search the stored forms by running, for each candidate, the retrieval :meth:`retrieve_image` runs."""
         smalls: dict[float, object] = {}
         model = record.model or None
+        speed, effort = self.settings.avif_speed, self.settings.jxl_effort
 
         def encode(scale: float, codec: str, quality: int) -> bytes:
+            if codec == "jxl-jpeg":
+                if record.format != "JPEG":
+                    raise InvalidInput("only a JPEG file can be recompressed into JPEG XL")
+                return media.recompress_jpeg(data, effort=effort)
             if scale not in smalls:
                 smalls[scale] = self.engine.downscale(pixels, scale) if scale > 1 else pixels
-            return media.encode_stored(smalls[scale], codec, quality)
+            return media.encode_stored(smalls[scale], codec, quality, speed=speed, effort=effort)
 
-        def restorer(upscale: Callable[..., object]) -> Callable[[float, bytes], object]:
-            def restore(scale: float, stored: bytes) -> object:
+        def restorer(upscale: Callable[..., object]) -> Callable[[float, bytes], bytes]:
+            def restore_file(scale: float, stored: bytes) -> bytes:  # what retrieve_image answers
                 small = media.decode_stored(stored)
                 size = (record.width, record.height)
-                big = small if _dimensions(small) == size else upscale(small, size=size)
-                restored, _ = media.encode_restored(big, record)
-                return media.decode(restored, self.limits).pixels
+                big = small if _dimensions(small) == size else upscale(small, size=size)  # full size: no model
+                return media.encode_restored(big, record)[0]
 
-            return restore
+            return restore_file
 
         real = restorer(lambda small, size: self.provider.upscale(small, size=size, model=model))
         bicubic = restorer(lambda small, size: self.engine.upscale(small, size=size, model="bicubic"))  # fast search
-        return choose_form(pixels, data, goal, encode, real, proxy=bicubic, **search)  # type: ignore[arg-type]
+
+        def pixels_of(restore_file: Callable[[float, bytes], bytes]) -> Callable[[float, bytes], object]:
+            return lambda scale, stored: media.decode(restore_file(scale, stored), self.limits).pixels
+
+        return choose_form(
+            pixels,  # type: ignore[arg-type]
+            data,
+            goal,
+            encode,
+            pixels_of(real),  # type: ignore[arg-type]
+            proxy=pixels_of(bicubic),  # type: ignore[arg-type]
+            restore_file=real,
+            **search,
+        )
 
     # ---- retrieve ----------------------------------------------------------------------------------------
     def record(self, bucket: str | None, key: str) -> media.ImageRecord:
@@ -243,12 +269,15 @@ class S3CommonUpscaler:
         obj = self.store.get(self.bucket(bucket), validate_key(key))
         record = media.ImageRecord.from_metadata(obj.metadata)
         size = _output_size(record, scale)
-        original = record.stored_codec == "original"
+        stored, stored_type = obj.data, obj.content_type
+        if record.stored_codec == "jxl-jpeg":  # the original JPEG recompressed: reconstructed byte for byte
+            stored, stored_type = _reconstructed(obj.data, record), media.content_type_for("JPEG")
+        original = record.stored_codec in ("original", "jxl-jpeg")
         if _as_stored(record, format, quality, size):
-            timings["read"] = time.perf_counter() - t0  # stored as it came: given back byte for byte
-            return RetrieveResult(obj.data, obj.content_type, record, size[0], size[1], timings)
+            timings["read"] = time.perf_counter() - t0  # the original file: given back byte for byte
+            return RetrieveResult(stored, stored_type, record, size[0], size[1], timings)
         with self.slots.take():
-            small = media.decode(obj.data, self.limits).pixels if original else media.decode_stored(obj.data)
+            small = media.decode(stored, self.limits).pixels if original else media.decode_stored(stored)
             timings["read"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             if size == _dimensions(small):
@@ -306,11 +335,19 @@ def _output_size(record: media.ImageRecord, scale: float | None) -> tuple[int, i
 def _as_stored(record: media.ImageRecord, format: str | None, quality: int | None, size: tuple[int, int]) -> bool:
     """Whether a retrieval gives the stored bytes back as they are (an original kept whole, asked for as it is)."""
     return (
-        record.stored_codec == "original"
+        record.stored_codec in ("original", "jxl-jpeg")
         and format is None
         and quality is None
         and size == (record.width, record.height)
     )
+
+
+def _reconstructed(blob: bytes, record: media.ImageRecord) -> bytes:
+    """The original JPEG kept in a ``jxl-jpeg`` blob, checked against the record's SHA-256."""
+    jpeg = media.reconstruct_jpeg(blob)
+    if record.sha256 and hashlib.sha256(jpeg).hexdigest() != record.sha256:
+        raise UndecodableImage("the stored JPEG XL does not give back the original JPEG (SHA-256 differs)")
+    return jpeg
 
 
 def _finite(value: float) -> float | None:
