@@ -14,6 +14,10 @@ encode goes through `transcode`, as a job's does. Table 3 per clip, table 4 by b
 speed, table 6 the stored codec at equal restored PSNR-Y, table 7 the fewest bytes reaching a PSNR-Y target.
 About an hour on 2 cores; 6 minutes with --jobs 6 on 16 cores and a CUDA GPU.
 
+--targeted: table 8, quality-targeted downscale jobs (--targets, PSNR-Y) on the same clips, run by the real worker
+(local store, SQLite queue, span restoring): the form each job chose, its stored bytes and checked fidelity, and
+the whole clip at full size in the best full-size codec and CRF the job measured for the same target.
+
 Three clips are generated from scikit-image's photographs (no files needed): a slow diagonal pan across `coffee`,
 a zoom into `stereo_motorcycle`, and `astronaut` held still for the first half (identical frames) then panned.
 Each is encoded with libx264 at crf 12 with an AAC track, like a camera file; its decoded frames are the reference.
@@ -555,16 +559,145 @@ def bytes_at(points: list[Point], form: str, codec: str, target: float) -> tuple
     return None
 
 
+def _clip_photo(index: int, name: str, folder: str) -> tuple[str, Image.Image, Callable[..., Box]]:
+    """The photo of clip ``name`` and its motion; a scikit-image photo (named so) when the folder lacks it."""
+    rel, motion = STORAGE_CLIPS[name]
+    path = Path(folder) / rel
+    if path.is_file():
+        return name, Image.open(path).convert("RGB"), motion
+    stand_in = SKIMAGE_FALLBACK[index % len(SKIMAGE_FALLBACK)]
+    return f"{name.split(' (')[0]} (skimage {stand_in})", dict(photos(include_shared=False))[stand_in], motion
+
+
+def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...], argparse.Namespace]) -> list[dict]:
+    """Targeted downscale jobs on one clip, run by the real worker (local store, SQLite queue, span provider); for
+    each target, the whole clip is also encoded at full size with the best full-size candidate the job measured."""
+    from upscaler.jobs import COMPLETED, Job, SqliteJobStore, SqliteQueue, submit
+    from upscaler.providers import LocalUpscaleProvider
+    from upscaler.store.local import LocalFolderStore
+    from video_upscaler.worker import VideoWorker
+
+    index, name, size, frames, targets, args = job
+    name, photo, motion = _clip_photo(index, name, args.photos)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        settings = Settings.from_env(
+            {},
+            ncnn_threads=args.threads,
+            video_scratch=tmp,
+            video_target_segments=args.segments,
+            video_target_segment_frames=args.segment_frames,
+        )
+        engine = Engine(settings, model_dir=args.model_dir)
+        store, jobs = LocalFolderStore(work / "objects"), SqliteJobStore(work / "jobs.db")
+        queue = SqliteQueue(work / "queue.db", poll_interval=0.05)
+        provider = LocalUpscaleProvider(engine, "span")
+        worker = VideoWorker(store=store, jobs=jobs, queue=queue, provider=provider, engine=engine, settings=settings)
+        src = work / "source.mp4"
+        make_clip(src, photo, motion, size, frames)
+        store.put_file("media", "clip.mp4", src, metadata={}, content_type="video/mp4")
+        for target in targets:
+            key = f"t{target:g}.mp4"
+            spec = Job(method="downscale", video="s3://media/clip.mp4", target=f"psnr:{target:g}", output_key=key)
+            done = submit(jobs, queue, spec)
+            start = time.perf_counter()
+            message = queue.receive(wait_seconds=5, visibility=3600)
+            assert message is not None
+            worker.handle(message)
+            seconds = time.perf_counter() - start
+            done = jobs.get(done.id)
+            if done.status != COMPLETED or not done.decision or not done.fidelity:
+                rows.append({"clip": name, "target": target, "error": done.error})
+                continue
+            stored = work / key
+            store.get_file("media", key, stored)
+            fulls = [c for c in done.decision["candidates"] if c["scale"] == 1]
+            row = {
+                "clip": name,
+                "target": target,
+                "form": f"x{done.decision['scale']} {done.codec} crf {done.crf}",
+                "bytes": video_bytes(stored),
+                "psnr": done.fidelity["psnr"],
+                "met": done.fidelity["met"],
+                "seconds": seconds,
+                "sample_bytes": min(c["sample_bytes"] for c in done.decision["candidates"]),
+            }
+            if fulls:
+                best = min(fulls, key=lambda c: c["sample_bytes"])
+                out = work / "full.mp4"
+                enc = VideoEncoding.choose(best["codec"], crf=best["crf"])
+                transcode(src, out, lambda rgb: rgb, size=size, max_workers=args.workers, encoding=enc)
+                row |= {"full": f"{best['codec']} crf {best['crf']}", "full_bytes": video_bytes(out)}
+                row |= {"full_sample_bytes": best["sample_bytes"], "full_psnr": best["fidelity"]}
+            rows.append(row)
+            print(f"  {name}: target {target:g} done in {seconds:.0f} s", file=sys.stderr)
+    return rows
+
+
+def targeted_main(args: argparse.Namespace) -> None:
+    size = args.size or ((320, 176) if args.quick else (1280, 720))
+    frames = int((args.seconds or (1.0 if args.quick else 10.0)) * RATE)
+    targets = tuple(args.targets)
+    work = [(i, n, size, frames, (t,), args) for i, n in enumerate(list(STORAGE_CLIPS)[: args.clips]) for t in targets]
+    start = time.perf_counter()
+    rows: list[dict] = []
+
+    def keep(done: list[dict]) -> list[dict]:  # saved as each job ends, so a run cut short keeps what it did
+        if args.points:
+            with open(args.points, "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in done)
+        return done
+
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for future in as_completed([pool.submit(_targeted_jobs, w) for w in work]):
+                rows += keep(future.result())
+    else:
+        for w in work:
+            rows += keep(_targeted_jobs(w))
+    print(f"targeted run: {time.perf_counter() - start:.0f} s, {args.jobs} jobs at a time", file=sys.stderr)
+    targeted_table(rows, size, frames, args.segments, args.segment_frames)
+
+
+def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segments: int, length: int) -> None:
+    out = []
+    for r in sorted(rows, key=lambda r: (r["target"], r["clip"])):
+        if "error" in r:
+            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 7)
+            continue
+        ratio = f"{r['bytes'] / r['full_bytes']:.2f}" if r.get("full_bytes") else "-"
+        full = f"{r['full']} {r['full_bytes'] / 1024:.0f} KiB" if r.get("full_bytes") else "none met the target"
+        out.append(
+            [
+                f"PSNR-Y {r['target']:g}",
+                r["clip"],
+                r["form"],
+                f"{r['bytes'] / 1024:.0f}",
+                f"{r['psnr']:.2f}",
+                "yes" if r["met"] else "NO",
+                full,
+                ratio,
+                f"{r['sample_bytes'] / r['full_sample_bytes']:.2f}" if r.get("full_sample_bytes") else "-",
+                f"{r['seconds']:.0f}",
+            ]
+        )
+    print(
+        f"\nTable 8. Targeted downscale jobs (the real worker, span restoring), {frames} frames {size[0]}x{size[1]}; "
+        f"the job measures {segments} segments of {length} frames. Stored KiB = the video stream; PSNR-Y = the "
+        "stored clip restored, on the sample frames (met = the job's check). Full size = the best full-size "
+        "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip."
+    )
+    headers = ["target", "clip", "chosen", "KiB", "PSNR-Y", "met", "best full size", "bytes / full", "samples / full"]
+    print(table([*headers, "job s"], out))
+
+
 def _clip_points(job: tuple[int, str, tuple[int, int], int, int, argparse.Namespace]) -> list[Point]:
     """Make clip ``index`` and measure it (one process per clip with --jobs)."""
     index, name, size, frames, samples, args = job
-    rel, motion = STORAGE_CLIPS[name]
-    path = Path(args.photos) / rel
-    if path.is_file():
-        photo = Image.open(path).convert("RGB")
-    else:  # not installed: say so in the clip's name, use a scikit-image photo
-        stand_in = SKIMAGE_FALLBACK[index % len(SKIMAGE_FALLBACK)]
-        name, photo = f"{name.split(' (')[0]} (skimage {stand_in})", dict(photos(include_shared=False))[stand_in]
+    name, photo, motion = _clip_photo(index, name, args.photos)
     engine = Engine(Settings.from_env({}, ncnn_threads=args.threads), model_dir=args.model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "source.mp4"
@@ -635,9 +768,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="--storage: clips measured at once, one process each")
     parser.add_argument("--photos", default=str(BACKGROUNDS), help=f"--storage: photo folder (default {BACKGROUNDS})")
     parser.add_argument("--model-dir", default=None, help="folder with <model>.param/.bin (default: the packages)")
+    parser.add_argument("--targeted", action="store_true", help="table 8: targeted downscale jobs on the clips")
+    parser.add_argument("--targets", type=float, nargs="+", default=[38.0, 40.0], help="--targeted: PSNR-Y targets")
+    parser.add_argument("--segments", type=int, default=3, help="--targeted: sample segments per job (default 3)")
+    parser.add_argument("--segment-frames", type=int, default=12, help="--targeted: frames per segment (default 12)")
     parser.add_argument("--points", default=None, help="--storage: append each clip's measurements (JSON lines) here")
     parser.add_argument("--tables-from", default=None, help="print tables 3-7 from a --points file, measure nothing")
     args = parser.parse_args()
+    if args.targeted:
+        targeted_main(args)
+        return
     if args.tables_from:
         saved = [Point(**json.loads(line)) for line in Path(args.tables_from).read_text().splitlines() if line]
         for p in saved:

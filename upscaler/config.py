@@ -191,6 +191,9 @@ class Settings:
     video_stored_crf: int = -1
     video_stored_qp: int = -1
     video_stored_preset: str = ""
+    #: A quality-targeted downscale measures this many sample segments of this many frames each.
+    video_target_segments: int = 3
+    video_target_segment_frames: int = 12
     #: Codec of an upscaled output video (any of the stored codecs), its CRF and preset.
     video_output_codec: str = "h264"
     video_crf: int = 18

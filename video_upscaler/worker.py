@@ -247,7 +247,8 @@ class VideoWorker:
         """Choose the stored form for ``job.target`` on sample segments of ``src``; the decision and the samples
         (frame numbers and source frames)."""
         target = parse_target(str(job.target))
-        indices = targeting.sample_indices(info.frames or targeting.count_frames(src))
+        frames, settings = info.frames or targeting.count_frames(src), self.settings
+        indices = targeting.sample_indices(frames, settings.video_target_segments, settings.video_target_segment_frames)
         reference = targeting.read_frames(src, indices)
         indices = indices[: len(reference)]  # a container that counts more frames than it has
         runs = targeting.runs_of(indices)
