@@ -177,3 +177,16 @@ def test_gpu_tile_side_keeps_a_1080p_frame_whole_when_memory_allows() -> None:
     small = gpu_tile_side(8 * 2**30, span_x2, "fp32", 4)
     assert 64 <= small < gpu_tile_side(8 * 2**30, span_x2, "fp16", 4) < 1920
     assert gpu_tile_side(10**6, span_x2, "fp32", 8) == 64  # never below the smallest useful tile
+
+
+def test_onnx_export_command_writes_a_model_any_onnx_consumer_runs(tmp_path: Path, crop: np.ndarray) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from upscaler.engine import onnx_net
+
+    out = tmp_path / "span-x2.onnx"
+    assert onnx_net.main(["span-x2", str(out)]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"data": np.ascontiguousarray(crop.transpose(2, 0, 1)[None])})
+    assert float(np.abs(y[0].transpose(1, 2, 0) - _ncnn("span-x2", crop)).max()) < 1e-3
+    with pytest.raises(SystemExit):
+        onnx_net.main(["bicubic", str(tmp_path / "x.onnx")])  # no network to export: argparse's error, exit 2

@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-uri", required=True, help="ECR image of plugins/esrgan_sagemaker/Dockerfile")
     parser.add_argument("--role-arn", required=True, help="execution role SageMaker assumes (ECR pull, S3 read)")
     parser.add_argument(
-        "--instance-type", default="ml.g4dn.xlarge", help="e.g. ml.g4dn.xlarge (GPU, default), ml.c5.2xlarge (CPU)"
+        "--instance-type",
+        default="ml.g4dn.xlarge",
+        help="ml.g4dn.xlarge (T4, default), ml.g5.xlarge (A10G) or ml.g6.xlarge (L4) for the GPU image "
+        "(Dockerfile.gpu: torch on CUDA); ml.c5.2xlarge or ml.c7i.2xlarge for the CPU image (ncnn)",
     )
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--variant", default="AllTraffic", help="production variant name")

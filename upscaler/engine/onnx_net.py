@@ -211,3 +211,36 @@ class OnnxNetwork:
         x = np.ascontiguousarray(np.stack([np.asarray(t, np.float32) for t in tiles]).transpose(0, 3, 1, 2))
         (y,) = self.session.run(None, {"data": x})
         return list(np.ascontiguousarray(y.transpose(0, 2, 3, 1)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m upscaler.engine.onnx_net MODEL OUT.onnx``: write a shipped model as ONNX (for TensorRT, ...)."""
+    import argparse
+
+    from upscaler.engine import graph as graph_io
+    from upscaler.engine import registry
+
+    parser = argparse.ArgumentParser(
+        prog="python -m upscaler.engine.onnx_net",
+        description="Write a shipped model, converted from its ncnn weights, as an ONNX file (input 'data' and "
+        "output 'output', NCHW float in [0, 1], dynamic batch and size), for trtexec or any ONNX consumer.",
+    )
+    parser.add_argument("model", help=f"one of: {', '.join(n for n, s in registry.MODELS.items() if s.is_network)}")
+    parser.add_argument("output", help="path of the .onnx file to write")
+    parser.add_argument("--fp16", action="store_true", help="store weights and activations as float16")
+    parser.add_argument("--model-dir", default=None, help="folder with <model>.param/.bin overriding the packages")
+    args = parser.parse_args(argv)
+    spec = registry.MODELS.get(args.model)
+    if spec is None or not spec.is_network:
+        parser.error(f"unknown model {args.model!r}")
+    model = to_onnx(
+        graph_io.read(*registry.weight_files(spec, args.model_dir)), dtype="float16" if args.fp16 else "float32"
+    )
+    with open(args.output, "wb") as f:
+        f.write(model.SerializeToString())
+    print(f"wrote {args.output}: {spec.name}, x{spec.scale}, {len(model.graph.node)} nodes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
