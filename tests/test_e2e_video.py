@@ -16,10 +16,11 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
+from PIL import Image
 
 from client.cli import main as cli
 from tests.servers import AWS_TEST_ENV, UPSCALER, api_server, moto_server
-from tests.test_video_pipeline import cues, make_clip, packets, video_info
+from tests.test_video_pipeline import cues, make_clip, packets, truncated_copy, video_info
 from upscaler.media.video import probe
 from upscaler.store.local import LocalFolderStore
 
@@ -218,6 +219,17 @@ def test_v1_video_bad_uploads(local_api: str, tmp_path: Path) -> None:
     make_clip(long_clip, frames=80, rate=1)  # 80 s, over the 60 s limit of this server
     assert upload(local_api, "x/long.mp4", long_clip).status_code == 413
     assert requests.get(f"{local_api}/v1/videos/x/none.mp4", verify=False).status_code == 404
+    still = tmp_path / "still.png"
+    Image.new("RGB", (64, 48)).save(still, "PNG")
+    resp = upload(local_api, "x/still.mp4", still)  # a still image declared as video/mp4
+    assert resp.status_code == 415 and "still image (png), not a video" in resp.json()["error"], resp.text
+    clip, cut = tmp_path / "clip.mp4", tmp_path / "cut.mp4"
+    make_clip(clip, frames=40)
+    truncated_copy(clip, cut)  # its index is intact, so the upload's probe passes; the job finds out
+    assert upload(local_api, "x/cut.mp4", cut).status_code == 201
+    body = {"method": "downscale", "key": "x/cut.mp4"}
+    job = wait_v1(local_api, requests.post(f"{local_api}/v1/jobs", json=body, verify=False).json()["id"])
+    assert job["status"] == "Failed" and "of the 40 frames its container lists" in job["error"], job
     assert (
         requests.post(
             f"{local_api}/v1/jobs", json={"method": "sideways", "key": "clips/talk.mp4"}, verify=False

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from upscaler.engine import Engine
-from upscaler.errors import InvalidInput
+from upscaler.errors import InvalidInput, UndecodableImage, UnsupportedMedia
 from upscaler.media.video import VideoEncoding
 from video_upscaler.pipeline import Interrupted, probe, transcode
 
@@ -270,3 +270,34 @@ def test_a_stream_mp4_cannot_carry_is_named_not_silently_lost(tmp_path: Path) ->
         out.mux(cue)
     report = transcode(src, tmp_path / "out.mp4", lambda x: x, size=(32, 24))
     assert report.frames == 6 and report.dropped_streams == ["subtitle:srt"]
+
+
+def truncated_copy(src: Path, dst: Path, keep: float = 0.6) -> None:
+    """``src`` remuxed with its index first (movflags=faststart, as streaming encoders write), then cut to ``keep``
+    of its bytes: the container still lists every frame, the data of the last ones is gone."""
+    whole = dst.with_suffix(".whole.mp4")
+    with av.open(str(src)) as inp, av.open(str(whole), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+        for packet in inp.demux(*[inp.streams[i] for i in streams]):
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    data = whole.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_video_fails_with_its_frame_counts(tmp_path: Path) -> None:
+    src, cut = tmp_path / "in.mp4", tmp_path / "cut.mp4"
+    make_clip(src, frames=40)
+    truncated_copy(src, cut)
+    assert probe(cut).frames == 40  # the index is intact: only decoding finds out
+    with pytest.raises(UndecodableImage, match=r"truncated or damaged: \d+ of the 40 frames its container lists"):
+        transcode(cut, tmp_path / "out.mp4", lambda rgb: rgb, size=(64, 48))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_a_still_image_is_not_a_video(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"still.{fmt.lower()}"
+    Image.new("RGB", (48, 32), (200, 10, 10)).save(path, fmt)
+    with pytest.raises(UnsupportedMedia, match=r"still image \(\w+\), not a video: store images with"):
+        probe(path)

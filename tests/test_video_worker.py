@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.test_video_pipeline import make_clip, packets, video_info
+from tests.test_video_pipeline import make_clip, packets, truncated_copy, video_info
 from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
 from upscaler.errors import InvalidInput
@@ -326,3 +328,22 @@ def test_target_options_are_checked() -> None:
 def decode_all(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def test_media_that_lies_fails_its_job_with_the_reason(setup) -> None:
+    store, jobs, queue, worker, tmp = setup
+    clip, cut, still = tmp / "clip.mp4", tmp / "cut.mp4", tmp / "still.png"
+    make_clip(clip, frames=40)
+    truncated_copy(clip, cut)
+    Image.new("RGB", (64, 48)).save(still, "PNG")
+    for key, path in (("cut.mp4", cut), ("still.mp4", still)):  # put straight into the bucket, not uploaded
+        store.put_file("media", key, path, metadata={}, content_type="video/mp4")
+    truncated = submit(jobs, queue, Job(method="downscale", video="s3://media/cut.mp4"))
+    _run_one(queue, worker)
+    image = submit(jobs, queue, Job(method="upscale", video="s3://media/still.mp4"))
+    _run_one(queue, worker)
+    failed = jobs.get(truncated.id)
+    assert failed.status == FAILED and re.search(r"\d+ of the 40 frames its container lists", failed.error or "")
+    assert not store.exists("media", "cut-downscaled.mp4")
+    assert jobs.get(image.id).status == FAILED and "still image (png), not a video" in (jobs.get(image.id).error or "")
+    assert len(queue.dead_letters()) == 2  # input errors: dead-lettered at once, not retried

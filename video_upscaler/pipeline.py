@@ -302,6 +302,13 @@ def transcode(
             raise
         if frames == 0:
             raise UndecodableImage("the video has no decodable frames")
+        # A truncated file is never passed off as the whole video; a few frames short is an edit list trimming
+        # the start (camera files), which the demuxer applies.
+        if total and total - frames > max(2, total // 100):
+            raise UndecodableImage(
+                f"the video is truncated or damaged: {frames} of the {total} frames its container lists could be "
+                "decoded"
+            )
         if frames < resumed:
             raise UndecodableImage(f"the video has {frames} frames, fewer than its checkpoints hold ({resumed})")
         for i in range(len(saved)):

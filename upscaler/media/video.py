@@ -58,15 +58,26 @@ class VideoLimits:
                 )
 
 
+#: FFmpeg demuxers of image files (besides the ``*_pipe`` ones: png_pipe, jpeg_pipe, webp_pipe, ...), which PyAV
+#: opens as one-frame "videos": a video route refuses them (415).
+STILL_DEMUXERS = ("image2", "gif", "apng")
+
+
 def probe(path: Path) -> VideoInfo:
-    """Size, frames, duration and streams of a video file. :class:`UnsupportedMedia` when it has no video stream,
-    :class:`UndecodableImage` when it is not a media file at all."""
+    """Size, frames, duration and streams of a video file. :class:`UnsupportedMedia` when it has no video stream
+    or is a still image, :class:`UndecodableImage` when it is not a media file at all."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UnsupportedMedia("the file has no video stream")
+            demuxers = container.format.name.split(",")
+            if any(name.endswith("_pipe") or name in STILL_DEMUXERS for name in demuxers):
+                kind = container.streams.video[0].codec_context.name
+                raise UnsupportedMedia(
+                    f"the file is a still image ({kind}), not a video: store images with /store or /v1/images"
+                )
             v = container.streams.video[0]
             duration = float(container.duration / av.time_base) if container.duration else None
             if duration is None and v.duration and v.time_base:
