@@ -229,6 +229,30 @@ def test_a_crashed_run_resumes_from_its_checkpoints_with_identical_output(tmp_pa
     assert not list(tmp_path.glob(".segments-*"))  # scratch cleaned up, after the crash too
 
 
+@pytest.mark.parametrize(("codec", "preset"), [("hevc", "ultrafast"), ("av1", "12")])
+def test_every_codec_resumes_from_its_checkpoints(tmp_path: Path, codec: str, preset: str) -> None:
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=20, vfr=True)
+    encoding = VideoEncoding.choose(codec, preset=preset)
+    checkpoints = FolderCheckpoints(tmp_path / "cp")
+    calls = []
+
+    def crashing(rgb: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) > 13:
+            raise RuntimeError("the worker died")
+        return double(rgb)
+
+    common = {"size": (128, 96), "segment_frames": 6, "checkpoints": checkpoints, "encoding": encoding}
+    with pytest.raises(RuntimeError):
+        transcode(src, tmp_path / "a.mp4", crashing, **common)
+    assert checkpoints.saved() == [6, 6]
+    report = transcode(src, tmp_path / "b.mp4", double, **common)
+    assert (report.resumed_frames, report.processed_frames, report.frames) == (12, 8, 20)
+    assert probe(tmp_path / "b.mp4").codec == codec and video_info(tmp_path / "b.mp4")[1] == video_info(src)[1]
+    assert packets(tmp_path / "b.mp4", "audio") == packets(src, "audio")
+
+
 def test_stop_cuts_the_segment_short_and_the_next_run_finishes(tmp_path: Path) -> None:
     src = tmp_path / "in.mp4"
     make_clip(src, frames=30)
