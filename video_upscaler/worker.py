@@ -33,7 +33,7 @@ from upscaler.engine import Engine, downscale_size
 from upscaler.errors import Conflict, NotFound, UpscalerError
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
 from upscaler.jobs.model import FINAL
-from upscaler.media.video import CODECS, VideoEncoding, VideoInfo, probe
+from upscaler.media.video import VideoEncoding, VideoInfo, probe
 from upscaler.providers import UpscaleProvider
 from upscaler.quality import Target
 from upscaler.sources import parse_s3_url
@@ -285,8 +285,8 @@ class VideoWorker:
             width, height = info.width, info.height
             metadata: dict[str, str] = {"job": job.id}
             encoding = (
-                VideoEncoding(job.codec, job.crf, job.qp, job.preset or CODECS[job.codec].default_preset)
-                if job.codec in CODECS
+                VideoEncoding.choose(job.codec, crf=job.crf, qp=job.qp, preset=job.preset)
+                if job.codec
                 else job_encoding(settings, job.method)  # a job submitted before codecs were a choice
             )
             written: dict[str, object] = {}
