@@ -1,4 +1,4 @@
-"""The three container images as the tests see them: their Dockerfiles parsed (no Docker engine runs here, so the
+"""The four container images as the tests see them: their Dockerfiles parsed (no Docker engine runs here, so the
 images are never built in CI), the build context that .dockerignore leaves, and the commands they run."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ IMAGES = {
     "api": ("api/Dockerfile", "requirements/api.txt"),
     "worker": ("video_upscaler/Dockerfile", "requirements/worker.txt"),
     "model-server": ("plugins/esrgan_sagemaker/Dockerfile", "requirements/model-server.txt"),
+    "model-server-gpu": ("plugins/esrgan_sagemaker/Dockerfile.gpu", "requirements/model-server-gpu.txt"),
 }
 
 

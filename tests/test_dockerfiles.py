@@ -1,4 +1,4 @@
-"""The three Dockerfiles, checked without a Docker engine (none runs on our machines, so CI never builds the images):
+"""The four Dockerfiles (three images, the model server also in a GPU variant), checked without a Docker engine (none runs on our machines, so CI never builds the images):
 what they copy is in the build context, they run as a non-root user in exec form with a health check on a pinned
 slim base, their pinned requirements hold every third-party module their command can import, and the command each
 image runs starts the service outside a container, answers its health check and stops cleanly on SIGTERM."""
@@ -192,8 +192,15 @@ def test_image_holds_everything_its_command_imports(image: str) -> None:
     assert needed <= copied, f"{df.path}: the command imports {sorted(needed - copied)}, which is not copied"
     pins = lock.read_pins(ROOT / IMAGES[image][1])
     providers = packages_distributions()
+    image_extras = {canonicalize_name(r.name) for r in lock._project_requirements(lock.IMAGES[image][0])}
     missing = {}
     for top in sorted(third):
+        if top in OPTIONAL_RUNTIME_MODULES:
+            # imported only when UPSCALER_RUNTIME asks for it (runtime.py checks find_spec and names the extra)
+            dist = OPTIONAL_RUNTIME_MODULES[top]
+            if dist in image_extras:
+                assert dist in pins, f"{IMAGES[image][1]}: {dist} is in the image's extras and is not pinned"
+            continue
         dists = {canonicalize_name(d) for d in providers.get(top, [])}
         assert dists, f"{top} is imported by the {image} command but installed by nothing here"
         if not dists & set(pins):
@@ -206,14 +213,18 @@ def test_image_holds_everything_its_command_imports(image: str) -> None:
 #: What the test changes in each image's command to run it here: addresses and ports (loopback, free ports instead of
 #: 0.0.0.0 and fixed ones) and, for the worker, the long-poll wait (SQS's 20 s maximum) so that stopping an idle
 #: worker does not sit out a whole poll. Everything else is the command as the image has it.
+#: Runtimes the engine loads only when asked (module -> distribution): an image holds them only where its extras do.
+OPTIONAL_RUNTIME_MODULES = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime"}
+
 PORT_FLAGS = {
     "api": {"--host": "127.0.0.1", "--port": "{port}"},
     "worker": {"--metrics-port": "{port}", "--wait-seconds": "1"},
     "model-server": {"--bind": "127.0.0.1:{port}"},
 }
+PORT_FLAGS["model-server-gpu"] = PORT_FLAGS["model-server"]
 READY = {"api": "https://127.0.0.1:{port}/ready", "worker": "http://127.0.0.1:{port}/metrics"}
-READY["model-server"] = "http://127.0.0.1:{port}/ping"
-IMAGE_PORTS = {"api": "8443", "worker": "9102", "model-server": "8080"}
+READY["model-server"] = READY["model-server-gpu"] = "http://127.0.0.1:{port}/ping"
+IMAGE_PORTS = {"api": "8443", "worker": "9102", "model-server": "8080", "model-server-gpu": "8080"}
 
 
 def _container_env(image: str, root: Path) -> dict[str, str]:
@@ -276,6 +287,6 @@ def test_health_check_port_is_the_port_the_command_listens_on(image: str) -> Non
     assert expose is not None and expose.args == port
     assert f"127.0.0.1:{port}/" in " ".join(df.healthcheck() or [])
     command = df.command()
-    listens = df.env().get("SAGEMAKER_BIND_TO_PORT") if image == "model-server" else None
+    listens = df.env().get("SAGEMAKER_BIND_TO_PORT") if image.startswith("model-server") else None
     listens = listens or command[command.index(next(f for f in PORT_FLAGS[image] if "port" in f)) + 1]
     assert listens == port
