@@ -314,7 +314,7 @@ class TorchNetwork:
         compute = torch.cuda.current_stream(self.device)
         with self._lock:
             chunks = list(range(0, n, batch))
-            uploaded: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+            uploaded: list[tuple[torch.Tensor, torch.cuda.Event] | None] = []
 
             def upload(i: int) -> None:
                 with torch.cuda.stream(self._copy_stream):
@@ -327,14 +327,14 @@ class TorchNetwork:
             for k, i in enumerate(chunks):
                 if k + 1 < len(chunks):
                     upload(chunks[k + 1])
-                dev, event = uploaded[k]
+                dev, event = uploaded[k]  # type: ignore[misc]
+                uploaded[k] = None  # record_stream below keeps its memory until the compute stream is done with it
                 compute.wait_event(event)
                 dev.record_stream(compute)
                 x = dev.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
                 y = self.module(x.contiguous(memory_format=self.memory_format))
                 y = y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
                 host_out[i : i + batch].copy_(y, non_blocking=True)
-                uploaded[k] = (dev, event)  # keep the upload alive until its compute is queued
             compute.synchronize()
         out[...] = host_out.numpy()
         return out
