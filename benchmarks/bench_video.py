@@ -597,6 +597,7 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
         src = work / "source.mp4"
         make_clip(src, photo, motion, size, frames)
         store.put_file("media", "clip.mp4", src, metadata={}, content_type="video/mp4")
+        source_bytes = video_bytes(src)
         for target in targets:
             key = f"t{target:g}.mp4"
             spec = Job(method="downscale", video="s3://media/clip.mp4", target=f"psnr:{target:g}", output_key=key)
@@ -618,6 +619,7 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
                 "target": target,
                 "form": f"x{done.decision['scale']} {done.codec} crf {done.crf}",
                 "bytes": video_bytes(stored),
+                "source_bytes": source_bytes,
                 "psnr": done.fidelity["psnr"],
                 "met": done.fidelity["met"],
                 "seconds": seconds,
@@ -639,7 +641,8 @@ def targeted_main(args: argparse.Namespace) -> None:
     size = args.size or ((320, 176) if args.quick else (1280, 720))
     frames = int((args.seconds or (1.0 if args.quick else 10.0)) * RATE)
     targets = tuple(args.targets)
-    work = [(i, n, size, frames, (t,), args) for i, n in enumerate(list(STORAGE_CLIPS)[: args.clips]) for t in targets]
+    names = list(STORAGE_CLIPS)[args.first_clip : args.first_clip + args.clips]
+    work = [(args.first_clip + i, n, size, frames, (t,), args) for i, n in enumerate(names) for t in targets]
     start = time.perf_counter()
     rows: list[dict] = []
 
@@ -666,16 +669,19 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
     out = []
     for r in sorted(rows, key=lambda r: (r["target"], r["clip"])):
         if "error" in r:
-            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 7)
+            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 9)
             continue
         ratio = f"{r['bytes'] / r['full_bytes']:.2f}" if r.get("full_bytes") else "-"
         full = f"{r['full']} {r['full_bytes'] / 1024:.0f} KiB" if r.get("full_bytes") else "none met the target"
+        source = r.get("source_bytes")
         out.append(
             [
                 f"PSNR-Y {r['target']:g}",
                 r["clip"],
                 r["form"],
+                f"{source / 1024:.0f}" if source else "-",
                 f"{r['bytes'] / 1024:.0f}",
+                f"{100 * (1 - r['bytes'] / source):.1f}" if source else "-",
                 f"{r['psnr']:.2f}",
                 "yes" if r["met"] else "NO",
                 full,
@@ -690,7 +696,8 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
         "stored clip restored, on the sample frames (met = the job's check). Full size = the best full-size "
         "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip."
     )
-    headers = ["target", "clip", "chosen", "KiB", "PSNR-Y", "met", "best full size", "bytes / full", "samples / full"]
+    headers = ["target", "clip", "chosen", "source KiB", "stored KiB", "saved %", "PSNR-Y", "met", "best full size"]
+    headers += ["bytes / full", "samples / full"]
     print(table([*headers, "job s"], out))
 
 
@@ -769,6 +776,8 @@ def main() -> None:
     parser.add_argument("--photos", default=str(BACKGROUNDS), help=f"--storage: photo folder (default {BACKGROUNDS})")
     parser.add_argument("--model-dir", default=None, help="folder with <model>.param/.bin (default: the packages)")
     parser.add_argument("--targeted", action="store_true", help="table 8: targeted downscale jobs on the clips")
+    parser.add_argument("--first-clip", type=int, default=0, help="--targeted: index of the first clip (default 0)")
+    parser.add_argument("--targeted-table", action="store_true", help="with --tables-from: print table 8 from it")
     parser.add_argument("--targets", type=float, nargs="+", default=[38.0, 40.0], help="--targeted: PSNR-Y targets")
     parser.add_argument("--segments", type=int, default=3, help="--targeted: sample segments per job (default 3)")
     parser.add_argument("--segment-frames", type=int, default=12, help="--targeted: frames per segment (default 12)")
@@ -777,6 +786,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.targeted:
         targeted_main(args)
+        return
+    if args.tables_from and args.targeted_table:
+        rows = [json.loads(line) for line in Path(args.tables_from).read_text().splitlines() if line]
+        size = args.size or (1280, 720)
+        targeted_table(rows, size, int((args.seconds or 10.0) * RATE), args.segments, args.segment_frames)
         return
     if args.tables_from:
         saved = [Point(**json.loads(line)) for line in Path(args.tables_from).read_text().splitlines() if line]

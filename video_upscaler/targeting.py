@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,13 @@ class Decision:
     sample_frames: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        chosen = asdict(self.chosen)
-        chosen["size"] = f"{self.chosen.size[0]}x{self.chosen.size[1]}"
+        """The job record's ``decision``: the choice, and every scale x codec's best CRF measured."""
         return {
             "target": self.target,
             "scale": self.chosen.scale,
             "codec": self.chosen.codec,
             "crf": self.chosen.crf,
+            "size": f"{self.chosen.size[0]}x{self.chosen.size[1]}",
             "sample_frames": self.sample_frames,
             "sample_fidelity": round(self.chosen.fidelity, 4),
             "candidates": [
