@@ -77,7 +77,8 @@ def main() -> None:
                 diff = int(np.abs(outputs[r] - outputs["ncnn"]).max()) if "ncnn" in outputs else ""
                 ratio = f"{base / med:.2f}" if base else ""
                 rows.append([name, case, f"{size[0]}x{size[1]}", r, out_mp / med, ratio, diff])
-            print(f"  {name} {case}: done", flush=True)
+            print(table(["model", "case", "input", "runtime", "out MP/s", "vs ncnn", "max |diff| (8-bit)"], rows[-3:]))
+            print(flush=True)
     print(f"\nCPU, {args.threads} threads, median of {args.repeats} interleaved runs; ratio = ncnn time / runtime time")
     print(table(["model", "case", "input", "runtime", "out MP/s", "vs ncnn", "max |diff| (8-bit)"], rows))
 

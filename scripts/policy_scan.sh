@@ -16,4 +16,5 @@ if [ ! -x "$checkov" ]; then
   exit 3
 fi
 exec "$checkov" --framework kubernetes dockerfile --skip-download \
-  -f manifests/*.yaml api/Dockerfile video_upscaler/Dockerfile plugins/esrgan_sagemaker/Dockerfile "$@"
+  -f manifests/*.yaml api/Dockerfile video_upscaler/Dockerfile plugins/esrgan_sagemaker/Dockerfile \
+  plugins/esrgan_sagemaker/Dockerfile.gpu "$@"
