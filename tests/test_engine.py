@@ -8,7 +8,7 @@ from PIL import Image
 
 from upscaler import metrics
 from upscaler.config import Settings
-from upscaler.engine import Engine, downscale_size, model_names, registry, resolve
+from upscaler.engine import Engine, downscale_size, model_names, registry, resolve, tiling
 from upscaler.errors import (
     InvalidInput,
     TooLarge,
@@ -208,6 +208,41 @@ def test_tiled_equals_untiled(engine: Engine, model: str) -> None:
     assert metrics.psnr(untiled, tiled, crop_border=scale) > 60  # the two agree almost exactly
     gap = abs(metrics.psnr(hr, untiled, scale) - metrics.psnr(hr, tiled, scale))
     assert gap < 0.05, f"tiling costs {gap:.3f} dB"
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "tiles", "side"),
+    [
+        (768, 1024, 416, 6, (392, 352)),  # the old grid took 6 tiles of 416 px: 1.32x the pixels
+        (1224, 1224, 416, 16, (318, 318)),  # old: 16 of 416 px, 1.85x
+        (816, 816, 416, 4, (416, 416)),
+        (300, 200, 416, 1, (300, 200)),
+    ],
+)
+def test_grid_is_the_fewest_equal_tiles(height: int, width: int, tile: int, tiles: int, side: tuple[int, int]) -> None:
+    grid = tiling.grid(height, width, tile, 16)
+    assert len(grid) == tiles
+    assert {(t.y1 - t.y0, t.x1 - t.x0) for t in grid} == {side}
+    assert max(t.y1 for t in grid) == height and max(t.x1 for t in grid) == width
+    cover = tiling.cover(height, width, tile, 16)
+    assert cover <= 1.08 and (tiles > 1 or cover == 1.0)
+
+
+def test_blend_weights_add_up_to_one_without_a_weight_plane() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        height, width = (int(v) for v in rng.integers(20, 300, 2))
+        tile, overlap, scale = int(rng.integers(32, 160)), int(rng.integers(0, 40)), int(rng.integers(1, 5))
+
+        def ones(t: np.ndarray, scale: int = scale) -> np.ndarray:
+            out = np.ones((t.shape[0] * scale, t.shape[1] * scale, 1), np.float32)
+            out.flags.writeable = False  # results are only read (a decoded PNG from SageMaker is read-only)
+            return out
+
+        grid = tiling.grid(height, width, tile, overlap)
+        assert all(t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile for t in grid)
+        out = tiling.apply(np.zeros((height, width, 1), np.float32), scale, ones, tile=tile, overlap=overlap)
+        np.testing.assert_allclose(out, 1.0, atol=1e-6, err_msg=f"{height}x{width} tile {tile} overlap {overlap}")
 
 
 def test_tile_validation(engine: Engine, photo: Image.Image) -> None:

@@ -166,6 +166,7 @@ class Engine:
             alpha_spec = spec if alpha == "model" else registry.MODELS["bicubic"]
             up_alpha = self._run(alpha_spec, alpha_plane[:, :, None], out_w, out_h, tile)[:, :, 0]
             np.clip(up_alpha, 0.0, 1.0, out=up_alpha)
+            np.clip(up_color, 0.0, 1.0, out=up_color)
             up_color = pixels.unpremultiply(up_color, up_alpha)
         elif opaque:
             up_alpha = np.ones((out_h, out_w), np.float32)
@@ -226,10 +227,10 @@ class Engine:
         )
         if pad:
             result = result[pad * s : -pad * s, pad * s : -pad * s]
-        np.clip(result, 0.0, 1.0, out=result)
         if result.shape[0] != out_h or result.shape[1] != out_w:
+            np.clip(result, 0.0, 1.0, out=result)
             result = pixels.resize(result, (out_w, out_h), Image.Resampling.LANCZOS)
-        return result
+        return result  # unclipped at the model's own size: the caller clips once, as it quantises
 
     def _output_size(
         self, width: int, height: int, scale: float | None, size: tuple[int, int] | None

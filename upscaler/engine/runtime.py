@@ -31,6 +31,14 @@ from upscaler.errors import InvalidInput, Unavailable
 
 RUNTIMES = ("auto", "ncnn", "torch", "onnx")
 
+# ncnn's wheel runs its layers on libgomp, whose idle threads spin at every barrier by default. With another process
+# busy on the same cores (the API's threads, a video encoder, a second worker) the spinning threads take the time
+# the working ones need: span-x4 ran about 2x slower beside one busy process, and as fast as on a quiet machine
+# with passive waiting, which costs nothing measurable when the machine is quiet (benchmarks/bench_engine.py,
+# Table 3). libgomp reads this once, when ncnn first loads, which is after this module is imported (every entry
+# point goes through the engine; ncnn is imported lazily below). An operator's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 log = logging.getLogger(__name__)
 
 _gpu_lock = threading.Lock()
@@ -145,15 +153,16 @@ class NcnnNetwork:
 
     def run_chw(self, chw: np.ndarray) -> np.ndarray:
         """Raw call: float32 CxHxW in, float32 Cx(H*s)x(W*s) out (unclipped)."""
-        chw = np.ascontiguousarray(chw, dtype=np.float32)
+        chw = np.ascontiguousarray(chw, dtype=np.float32)  # the Mat wraps this memory: no second copy
         ex = self._net.create_extractor()
         ex.input("data", self._ncnn.Mat(chw))
         ret, out = ex.extract("output")
         if ret != 0:
             raise Unavailable(f"ncnn inference failed for {self.spec.name} (code {ret})")
-        return np.array(out, dtype=np.float32, copy=True)
+        return np.asarray(out)  # a writable view of ncnn's output (the array keeps the Mat alive), not a copy
 
     def run(self, hwc: np.ndarray) -> np.ndarray:
+        """HxWx3 in, a (H*s)x(W*s)x3 view of ncnn's planar output out: the tiler or the quantiser reads it once."""
         out = self.run_chw(hwc.transpose(2, 0, 1))
         return out.transpose(1, 2, 0)
 
