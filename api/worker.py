@@ -5,22 +5,29 @@ gunicorn's ``gthread`` worker hands every new connection to a thread, which does
 reading the request's headers, without a deadline: a handful of clients that connect and send nothing (or one byte
 at a time) held every thread, and ``/health`` went unanswered for as long as they stayed. Here:
 
-* a new connection goes back to the worker's poller (no thread) until its first bytes arrive, and again after the
-  TLS handshake until the request's first bytes arrive; it is closed after ``UPSCALER_IDLE_TIMEOUT`` idle seconds
-  (kept-alive connections too);
-* the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` and the request's headers within
-  ``UPSCALER_HEADER_TIMEOUT`` seconds in all (not per read): past it, the connection is shut down under the thread;
-* a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408);
-* gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's.
+* a new connection goes back to the worker's poller (no thread) until its first bytes arrive; after the TLS
+  handshake, the request's line and headers are gathered without blocking, a turn in a thread each time bytes
+  arrive, and parsed only once they are all in, so a client sending a byte at a time holds no thread either; a
+  connection is closed after ``UPSCALER_IDLE_TIMEOUT`` seconds without a byte (kept-alive ones too);
+* the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` seconds (past it, the connection is shut down under
+  the thread) and the request's head within ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all;
+* a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408); a body
+  that keeps trickling holds its thread (bounded by ``UPSCALER_MAX_REQUEST_BYTES``, not by time);
+* gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's, and its
+  lingering close (up to 2 s reading what a client still sends) runs on threads of its own, not the main loop.
 
 The heavy work is bounded separately (``upscaler.backpressure``): threads are many and cheap, work slots few.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
+import logging
+import re
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -30,8 +37,14 @@ from gunicorn.workers import gthread
 
 from upscaler.config import Settings
 
+log = logging.getLogger("api.worker")
+
 #: How long a thread waits for a new connection's first bytes before handing it back to the poller.
 FIRST_BYTES_WAIT = 0.02
+#: The end of a request's line and headers (a bare LF is left to the parser to judge).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+#: Bytes of a request's head gathered in the poller's turns; a longer head is parsed as it comes (and refused).
+HEAD_CAP = 64 * 1024
 
 
 class Deadlines:
@@ -40,14 +53,14 @@ class Deadlines:
 
     def __init__(self, tick: float = 0.25) -> None:
         self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, Any]] = {}
+        self._due: dict[int, tuple[float, Any, str]] = {}
         self.expired = 0
         self._tick = tick
         threading.Thread(target=self._run, name="deadlines", daemon=True).start()
 
-    def arm(self, conn: Any, seconds: float) -> None:
+    def arm(self, conn: Any, seconds: float, phase: str) -> None:
         with self._lock:
-            self._due[id(conn)] = (time.monotonic() + seconds, conn)
+            self._due[id(conn)] = (time.monotonic() + seconds, conn, phase)
 
     def disarm(self, conn: Any) -> None:
         with self._lock:
@@ -58,12 +71,33 @@ class Deadlines:
             time.sleep(self._tick)
             now = time.monotonic()
             with self._lock:  # held while shutting down: a disarmed (then closed) socket is never touched
-                for due, conn in self._due.values():
+                for key, (due, conn, phase) in self._due.items():
                     if due <= now:
                         self.expired += 1
+                        if phase:  # logged once; the shutdown is repeated until the thread lets go
+                            log.info("connection cut", extra={"phase": phase, "peer": str(conn.client)})
+                            self._due[key] = (due, conn, "")
                         # the socket object of the moment (the TLS one once wrapped); a closed one is skipped
                         with contextlib.suppress(OSError):
                             socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+
+
+def _cut(conn: Any) -> bool:
+    """Shut the connection down both ways (so closing it does not linger on a client that keeps sending); False."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+    return False
+
+
+def _linger_elsewhere(close_graceful: Any, pool: concurrent.futures.ThreadPoolExecutor) -> Any:
+    """gunicorn's graceful close (half-close, then read what the client still sends for up to 2 s so the last
+    answer is not cut by a reset) runs on the worker's main loop; one client that keeps sending would stall every
+    connection for that long. Here it runs on a few threads of its own."""
+
+    def close(sock: Any, *args: Any, **kwargs: Any) -> None:
+        pool.submit(close_graceful, sock, *args, **kwargs)
+
+    return close
 
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
@@ -84,6 +118,8 @@ class ApiWorker(gthread.ThreadWorker):
         self.body_timeout = settings.body_timeout
         self.deadlines = Deadlines()
         util.write_error = write_json_error  # what gunicorn's handle_error writes with
+        closer = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="linger")
+        util.close_graceful = _linger_elsewhere(util.close_graceful, closer)
         super().init_process()
 
     def handle(self, conn: Any) -> Any:
@@ -91,7 +127,7 @@ class ApiWorker(gthread.ThreadWorker):
             if not conn.initialized:
                 if not (conn.data_ready or conn.wait_for_data(FIRST_BYTES_WAIT)):
                     return gthread._DEFER  # nothing sent yet: wait in the poller, not in a thread
-                self.deadlines.arm(conn, self.handshake_timeout)
+                self.deadlines.arm(conn, self.handshake_timeout, "TLS handshake")
                 try:
                     conn.sock.setblocking(True)
                     conn.init()  # the TLS handshake
@@ -99,16 +135,53 @@ class ApiWorker(gthread.ThreadWorker):
                     return False  # cut off, reset or not TLS: closed by finish_request
                 if conn.is_http2:
                     return super().handle(conn)
-                conn.data_ready = False
-                pending = getattr(conn.sock, "pending", lambda: 0)()
-                if not (pending or conn.wait_for_data(FIRST_BYTES_WAIT)):
-                    return gthread._DEFER  # handshake done, no request yet: back to the poller
-            self.deadlines.arm(conn, self.header_timeout)
+            if not conn.is_http2:
+                head = self._gather_head(conn)
+                if head is None:
+                    return gthread._DEFER  # the request's head is not all here: wait in the poller, not a thread
+                if not head:
+                    return False
+            self.deadlines.arm(conn, self.header_timeout, "request headers")
             return super().handle(conn)
         finally:
             self.deadlines.disarm(conn)
 
+    def _gather_head(self, conn: Any) -> bool | None:
+        """Read what has arrived of the request line and headers, without blocking, into the parser's buffer.
+        True once they are all in (the parse will not block), None when more must come, False when the client
+        closed or ran past ``UPSCALER_HEADER_TIMEOUT`` (counted from the request's first byte, in all)."""
+        buf = conn.parser.unreader.buf
+        data = buf.getvalue()
+        conn.sock.setblocking(False)
+        try:
+            while not _HEAD_END.search(data) and len(data) < HEAD_CAP:
+                try:
+                    chunk = conn.sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    break
+                except OSError:
+                    return _cut(conn)
+                if not chunk:
+                    return _cut(conn)  # the client closed
+                buf.seek(0, 2)
+                buf.write(chunk)
+                data += chunk
+        finally:
+            conn.sock.setblocking(True)
+        if not data:
+            conn.head_since = None
+            return None  # idle: kept at most UPSCALER_IDLE_TIMEOUT
+        since = getattr(conn, "head_since", None) or time.monotonic()
+        conn.head_since = since
+        if _HEAD_END.search(data) or len(data) >= HEAD_CAP:
+            return True
+        if time.monotonic() - since > self.header_timeout:
+            log.info("connection cut", extra={"phase": "request headers", "peer": str(conn.client)})
+            return _cut(conn)
+        return None
+
     def handle_request(self, req: Any, conn: Any) -> bool:
         self.deadlines.disarm(conn)  # the headers are in: from here a stalled body read times out on its own
+        conn.head_since = None
         conn.sock.settimeout(self.body_timeout)
         return bool(super().handle_request(req, conn))

@@ -120,6 +120,18 @@ def _serve_public(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(argv, proc.returncode, "", err)
 
 
+def test_a_multi_page_tiff_is_refused_not_cut_to_its_first_page(api: str) -> None:
+    """Defect 15: a two-page TIFF was stored as its first page (201), while an animated GIF got 415."""
+    pages = [Image.new("RGB", (16, 12), colour) for colour in ((200, 0, 0), (0, 0, 200))]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    resp = requests.put(api + "/v1/images/pages.tiff", data=buf.getvalue(), verify=False, timeout=60)
+    assert resp.status_code == 415 and "2 pages" in resp.json()["error"], resp.text
+    one = io.BytesIO()
+    pages[0].save(one, "TIFF")
+    assert requests.put(api + "/v1/images/page.tiff", data=one.getvalue(), verify=False, timeout=60).status_code == 201
+
+
 @pytest.mark.parametrize("document", ['{"keys": []}', " ", "[]"])
 def test_an_empty_key_document_counts_as_no_keys(document: str, tmp_path: Path) -> None:
     """Defect 11: with any of these, `--host 0.0.0.0` served everyone while the log said "loopback only"."""

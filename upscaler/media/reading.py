@@ -134,6 +134,8 @@ def _open(data: bytes, fmt: str, limits: DecodeLimits) -> Image.Image:
                 f"animated {fmt} images ({img.n_frames} frames) are not supported: store them as video, "
                 "or send a single frame"
             )
+        if fmt == "TIFF" and getattr(img, "n_frames", 1) > 1:  # only the first page would be kept: refuse
+            raise UnsupportedMedia(f"multi-page TIFF files ({img.n_frames} pages) are not supported: send each page")
         return img
     except UpscalerError:
         raise
@@ -267,10 +269,6 @@ def _describe_tiff(img: Image.Image, record: ImageRecord) -> None:
     record.bit_depth = int(max(bits))
     if len(bits) in (3, 4) and set(bits) == {16} and tags.get(262) == 2:  # 16-bit RGB(A): Pillow would reduce it
         record.mode = "RGBA;16" if len(bits) == 4 else "RGB;16"
-    frames = int(getattr(img, "n_frames", 1))
-    if frames > 1:
-        record.frames = frames
-        _note(record, f"the TIFF has {frames} pages; only the first is kept")
 
 
 #: IFD0 tags of a TIFF that describe the picture (its structural tags are rewritten by the encoder).
