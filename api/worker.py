@@ -5,12 +5,13 @@ gunicorn's ``gthread`` worker hands every new connection to a thread, which does
 reading the request's headers, without a deadline: a handful of clients that connect and send nothing (or one byte
 at a time) held every thread, and ``/health`` went unanswered for as long as they stayed. Here:
 
-* a new connection goes back to the worker's poller (no thread) until its first bytes arrive; after the TLS
-  handshake, the request's line and headers are gathered without blocking, a turn in a thread each time bytes
-  arrive, and parsed only once they are all in, so a client sending a byte at a time holds no thread either; a
-  connection is closed after ``UPSCALER_IDLE_TIMEOUT`` seconds without a byte (kept-alive ones too);
-* the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` seconds (past it, the connection is shut down under
-  the thread) and the request's head within ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all;
+* a new connection goes back to the worker's poller (no thread) until its first bytes arrive; then the TLS
+  handshake and the request's line and headers advance without blocking, a short turn in a thread each time the
+  client's bytes arrive, and the request is parsed only once its head is all in: a client that stalls or sends a
+  byte at a time holds no thread; a connection is closed after ``UPSCALER_IDLE_TIMEOUT`` seconds without a byte
+  (kept-alive ones too);
+* the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` seconds and the request's head within
+  ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all (not per read);
 * a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408); a body
   that keeps trickling holds its thread (bounded by ``UPSCALER_MAX_REQUEST_BYTES``, not by time);
 * gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's, and its
@@ -32,7 +33,8 @@ import threading
 import time
 from typing import Any
 
-from gunicorn import util
+from gunicorn import http, util
+from gunicorn import sock as gsock
 from gunicorn.workers import gthread
 
 from upscaler.config import Settings
@@ -127,12 +129,19 @@ class ApiWorker(gthread.ThreadWorker):
             if not conn.initialized:
                 if not (conn.data_ready or conn.wait_for_data(FIRST_BYTES_WAIT)):
                     return gthread._DEFER  # nothing sent yet: wait in the poller, not in a thread
-                self.deadlines.arm(conn, self.handshake_timeout, "TLS handshake")
-                try:
-                    conn.sock.setblocking(True)
-                    conn.init()  # the TLS handshake
-                except (OSError, ValueError):
-                    return False  # cut off, reset or not TLS: closed by finish_request
+                if self.cfg.is_ssl and not self.cfg.do_handshake_on_connect:
+                    done = self._handshake(conn)
+                    if done is None:
+                        return gthread._DEFER  # the client owes the next handshake message: wait in the poller
+                    if not done:
+                        return False
+                else:
+                    self.deadlines.arm(conn, self.handshake_timeout, "TLS handshake")
+                    try:
+                        conn.sock.setblocking(True)
+                        conn.init()
+                    except (OSError, ValueError):
+                        return False  # cut off, reset or not TLS: closed by finish_request
                 if conn.is_http2:
                     return super().handle(conn)
             if not conn.is_http2:
@@ -145,6 +154,34 @@ class ApiWorker(gthread.ThreadWorker):
             return super().handle(conn)
         finally:
             self.deadlines.disarm(conn)
+
+    def _handshake(self, conn: Any) -> bool | None:
+        """The TLS handshake without blocking, a step each time the client's bytes arrive: True once done (the
+        connection then reads requests as gunicorn's would), None while the client owes a message, False when it
+        failed or ran past ``UPSCALER_HANDSHAKE_TIMEOUT`` (a silent one is closed after ``UPSCALER_IDLE_TIMEOUT``)."""
+        if not isinstance(conn.sock, ssl.SSLSocket):
+            conn.sock = gsock.ssl_wrap_socket(conn.sock, self.cfg)
+            conn.handshake_since = time.monotonic()
+        conn.sock.setblocking(False)
+        try:
+            conn.sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if time.monotonic() - conn.handshake_since > self.handshake_timeout:
+                log.info("connection cut", extra={"phase": "TLS handshake", "peer": str(conn.client)})
+                return _cut(conn)
+            return None
+        except (OSError, ValueError):
+            return _cut(conn)  # not TLS, or reset
+        finally:
+            conn.sock.setblocking(True)
+        conn.initialized = True
+        if gsock.is_http2_negotiated(conn.sock):
+            conn.is_http2 = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client, http2_connection=True)
+            conn.parser.initiate_connection()
+        else:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        return True
 
     def _gather_head(self, conn: Any) -> bool | None:
         """Read what has arrived of the request line and headers, without blocking, into the parser's buffer.

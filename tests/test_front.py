@@ -115,12 +115,21 @@ def test_slow_headers_are_cut_off_by_a_total_deadline(front: tuple[str, int]) ->
         s.close()
 
 
-def test_a_stalled_handshake_is_cut_off(front: tuple[str, int]) -> None:
-    _, port = front
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, then nothing
-    assert _closed_by_server(raw, within=float(TIMEOUTS["UPSCALER_HANDSHAKE_TIMEOUT"]) + 3)
-    raw.close()
+def test_stalled_handshakes_hold_no_thread_and_are_cut_off(front: tuple[str, int]) -> None:
+    """More clients than threads start a TLS handshake and stall: /health is answered meanwhile (before the
+    handshake deadline could free a thread), and each stalled one is closed."""
+    url, port = front
+    stalled = []
+    for _ in range(2 * THREADS):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, then nothing
+        stalled.append(raw)
+    time.sleep(0.5)
+    assert _health(url) < 2.5
+    limit = max(float(TIMEOUTS["UPSCALER_HANDSHAKE_TIMEOUT"]), float(TIMEOUTS["UPSCALER_IDLE_TIMEOUT"])) + 3
+    assert all(_closed_by_server(raw, within=limit) for raw in stalled)
+    for raw in stalled:
+        raw.close()
 
 
 def test_a_stalled_body_gets_408_as_json(front: tuple[str, int]) -> None:
