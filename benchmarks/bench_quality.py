@@ -50,6 +50,7 @@ from _photos import table
 from upscaler import media
 from upscaler.config import Settings
 from upscaler.engine import Engine
+from upscaler.errors import InvalidInput
 from upscaler.providers import open_provider
 from upscaler.quality import Candidate, Target, choose_form
 from upscaler.service import S3CommonUpscaler
@@ -157,20 +158,25 @@ def _jpeg(img: Image.Image) -> bytes:
 # ---- measuring one image ------------------------------------------------------------------------------------------
 
 
-def measure(svc: S3CommonUpscaler, name: str, kind: str, data: bytes, targets: tuple[str, ...]) -> dict:
+def measure(
+    svc: S3CommonUpscaler, name: str, kind: str, data: bytes, targets: tuple[str, ...], shared: dict, timed: bool
+) -> dict:
+    """One image, every target. ``shared`` holds the encodes made of this image (encoders are deterministic, so
+    sharing them changes no result, only the time); a ``timed`` image's exact and fast searches start from no
+    encodes, as a store does, so that their seconds are the real cost of deciding."""
     decoded = media.decode(data, svc.limits)
     pixels, record = decoded.pixels, decoded.record
     megapixels = record.width * record.height / 1e6
     row: dict = {"name": name, "kind": kind, "bytes": len(data), "megapixels": megapixels, "targets": {}}
-    shared: dict = {}  # encodes shared by the (untimed) single-codec searches
+    row["timed"] = timed
 
     def direct(scale: float, codec: str, quality: int) -> bytes:
         return media.encode_stored(pixels, codec, quality, speed=svc.settings.avif_speed)
 
     for text in targets:
         goal = Target.parse(text)
-        exact = svc.decide(data, goal)
-        fast = svc.decide(data, Target(goal.metric, goal.value, "fast"))
+        exact = svc.decide(data, goal, cache=None if timed else shared)
+        fast = svc.decide(data, Target(goal.metric, goal.value, "fast"), cache=None if timed else shared)
         single = svc.decide(
             data, goal, forms=tuple(Candidate(1.0, c) for c in SINGLE), prune=False, keep_original=False, cache=shared
         )
@@ -193,20 +199,24 @@ def measure(svc: S3CommonUpscaler, name: str, kind: str, data: bytes, targets: t
     return row
 
 
-def budgets(svc: S3CommonUpscaler, data: bytes) -> dict:
+def budgets(svc: S3CommonUpscaler, data: bytes, shared: dict) -> dict:
     out = {}
     for text in BUDGETS:
         try:
-            targeted = svc.decide(data, text)
+            targeted = svc.decide(data, text, cache=shared)
         except Exception as exc:  # a budget nothing fits
             out[text] = {"error": str(exc)}
             continue
         forms = (Candidate(1.0, "avif-420"), Candidate(1.0, "jxl"))
-        full = svc.decide(data, text, forms=forms, keep_original=False, prune=False)
+        try:
+            full = svc.decide(data, text, forms=forms, keep_original=False, prune=False, cache=shared)
+            best_of = full.best_of
+        except InvalidInput:  # even quality 1 at full size is over the budget
+            best_of = {}
         out[text] = {
             "targeted": _form(targeted),
-            "avif-420": _plain(full.best_of.get("x1 avif-420")),
-            "jxl": _plain(full.best_of.get("x1 jxl")),
+            "avif-420": _plain(best_of.get("x1 avif-420")),
+            "jxl": _plain(best_of.get("x1 jxl")),
         }
     return out
 
@@ -217,6 +227,12 @@ def exact_tier(svc: S3CommonUpscaler, key: str, data: bytes) -> dict:
     same = hashlib.sha256(back.data).hexdigest() == hashlib.sha256(data).hexdigest()
     svc.delete_image(bucket="bench", key=key)
     return {"bytes": len(data), "stored": stored.record.stored_bytes, "codec": stored.record.stored_codec, "same": same}
+
+
+def _names(path: Path | None) -> set[str]:
+    if path is None or not path.exists():
+        return set()
+    return {json.loads(x).get("name") for x in path.read_text().splitlines() if x.strip()}
 
 
 def _form(decision) -> dict:
@@ -273,19 +289,23 @@ def report(rows: list[dict], source: str) -> None:
     print("target on some image; those images count the original's bytes):")
     print(table(headers, out))
     cost = []
+    timed = [r for r in rows if r.get("timed", True)]
     for search in ("exact", "fast"):
-        per_mp = [r["targets"][t][search]["s_per_mp"] for r in rows for t in targets]
+        per_mp = [r["targets"][t][search]["s_per_mp"] for r in timed for t in targets]
         runs = [r["targets"][t][search]["model_runs"] for r in rows for t in targets]
         cost.append(
             [
                 search,
-                f"{statistics.fmean(per_mp):.1f}",
-                f"{max(per_mp):.1f}",
+                f"{statistics.fmean(per_mp):.1f}" if per_mp else "-",
+                f"{max(per_mp):.1f}" if per_mp else "-",
                 f"{statistics.fmean(runs):.1f}",
                 f"{max(runs)}",
             ]
         )
-    print("\nCost of deciding (2 shared CPU cores):")
+    print(
+        f"\nCost of deciding (2 CPU cores shared with other work; seconds on the {len(timed)} timed images, model runs"
+    )
+    print("on all; the other images' searches reuse encodes made for the same image, which changes no result):")
     print(table(["search", "s/MP mean", "s/MP max", "model runs mean", "model runs max"], cost))
     tiers = [r["exact_jpeg"] for r in rows if "exact_jpeg" in r] + [r["exact_png"] for r in rows if "exact_png" in r]
     if tiers:
@@ -363,12 +383,20 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=1.5, help="size of each image (default 1.5)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--no-budgets", action="store_true", help="skip the byte-budget table")
+    parser.add_argument(
+        "--timed", type=int, default=4, help="images whose searches start with no encodes (timed; default 4)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_quality.jsonl")
-    parser.add_argument("--report", type=Path, help="only print the tables of a results file")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the tables of results files (merged)")
+    parser.add_argument(
+        "--reverse", action="store_true", help="last image first (a second process, with --also, takes the other end)"
+    )
+    parser.add_argument("--also", type=Path, help="another run's results file: images already there are skipped")
     args = parser.parse_args()
     if args.report:
-        lines = [json.loads(x) for x in args.report.read_text().splitlines() if x.strip()]
-        report([x for x in lines if "targets" in x], next((x["source"] for x in lines if "source" in x), "?"))
+        lines = [json.loads(x) for path in args.report for x in path.read_text().splitlines() if x.strip()]
+        rows = list({x["name"]: x for x in lines if "targets" in x}.values())
+        report(rows, next((x["source"] for x in lines if "source" in x), "?"))
         return
     settings = Settings.from_env({}, ncnn_threads=2)
     engine = Engine(settings)
@@ -383,16 +411,18 @@ def main() -> None:
         if not done:
             sink.write(json.dumps({"source": source}) + "\n")
         svc = S3CommonUpscaler(LocalFolderStore(Path(tmp)), open_provider(settings, engine), engine, settings)
-        for i, (name, kind, data) in enumerate(picked):
-            if name in done:
+        order = list(enumerate(picked))
+        for i, (name, kind, data) in reversed(order) if args.reverse else order:
+            if name in done | _names(args.also):
                 continue
             start = time.perf_counter()
-            row = measure(svc, name, kind, data, targets)
+            shared: dict = {}
+            row = measure(svc, name, kind, data, targets, shared, timed=i < args.timed)
             row["exact_jpeg"] = exact_tier(svc, f"{i}.jpg", data)
             if i < len(pngs):
                 row["exact_png"] = exact_tier(svc, f"{i}.png", pngs[i].read_bytes())
             if not args.no_budgets:
-                row["budgets"] = budgets(svc, data)
+                row["budgets"] = budgets(svc, data, shared)
             row["seconds"] = time.perf_counter() - start
             sink.write(json.dumps(row) + "\n")
             sink.flush()

@@ -91,9 +91,9 @@ class Settings:
     #: exact, bpp:0.1, bytes:50000; see upscaler/quality.py); empty = the fixed form above.
     default_target: str = ""
     #: Encoder effort of the stored forms: AVIF speed (0 slowest/smallest .. 10) and JPEG XL effort (1 fastest ..
-    #: 9), chosen by benchmarks/bench_codecs.py --efforts at the smallest quality meeting 35 dB PSNR-Y: AVIF speed 4
-    #: stores 6 % less than 6 for 5x the time, 8 stores 15 % more; JPEG XL effort 3 stores 2 % less than 7 and is
-    #: 8x faster (libjxl's higher efforts aim at its own visual metric, not PSNR).
+    #: 9), chosen by benchmarks/bench_codecs.py --efforts at the smallest quality meeting 35 / 40 dB PSNR-Y: AVIF
+    #: speed 4 stores 6 / 5 % less than 6 for 5-6x the time, 8 stores 15 / 8 % more; JPEG XL effort 3 stores 2 % less
+    #: / 5 % more than 7 and is 8x faster (libjxl's higher efforts aim at its own visual metric, not PSNR).
     avif_speed: int = 6
     jxl_effort: int = 3
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).

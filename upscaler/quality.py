@@ -441,7 +441,8 @@ class _Search:
                 if best is None or (form.score, -form.bytes) > (best.score, -best.bytes):
                     best = form
         if best is None:
-            smallest = min((len(v) for v in self.cache.values()), default=len(self.original_bytes))
+            mine = [len(self.blob(c, QUALITIES[0])) for c in self.forms if c.codec != "jxl-jpeg"]
+            smallest = min(mine, default=len(self.original_bytes))
             raise InvalidInput(
                 f"no stored form fits in {budget} bytes ({self.target}); the smallest found is {smallest} bytes: "
                 f"give a larger budget (e.g. 'bytes:{smallest}')"
