@@ -247,8 +247,8 @@ def contention(
     )
     base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     results: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
-    for phase in ("quiet", "1 busy process"):
-        busy = _competitor(900) if phase != "quiet" else None
+    for phase in ("no added process", "+1 busy process"):
+        busy = _competitor(900) if phase != "no added process" else None
         try:
             for _ in range(rounds):
                 for policy, env in POLICIES.items():
@@ -407,7 +407,7 @@ def main() -> None:
         h = ["machine", "OpenMP", "bare MP/s", "bare CPU/wall", "engine MP/s", "engine CPU/wall", "engine / bare"]
         tables["contention"] = [h, *rows]
         print("\nTable 3. span-x4 384x288 under contention: one child process per OpenMP setting, bare and engine")
-        print("interleaved in it; '1 busy process' = a CPU-bound busy loop running beside it on the 2 cores")
+        print("interleaved in it; '+1 busy process' = a CPU-bound busy loop this benchmark runs beside it")
         print(table(h, rows))
 
     if "options" in args.only:
