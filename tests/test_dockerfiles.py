@@ -1,4 +1,5 @@
-"""The four Dockerfiles (three images, the model server also in a GPU variant), checked without a Docker engine (none runs on our machines, so CI never builds the images):
+"""The four Dockerfiles (three images, the model server also in a GPU variant),
+checked without a Docker engine (none runs on our machines, so CI never builds the images):
 what they copy is in the build context, they run as a non-root user in exec form with a health check on a pinned
 slim base, their pinned requirements hold every third-party module their command can import, and the command each
 image runs starts the service outside a container, answers its health check and stops cleanly on SIGTERM."""
