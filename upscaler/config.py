@@ -81,12 +81,6 @@ class Settings:
     #: Codec and quality the downscaled image is stored with (chosen by benchmarks/bench_codecs.py).
     stored_codec: str = "avif"
     stored_quality: int = 80
-
-    # --- upscaling -----------------------------------------------------------------------------------------
-    #: ``local`` (or ``local:<model>``) runs the engine in process; ``sagemaker:<endpoint>`` calls SageMaker.
-    upscaler: str = "local"
-    #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
-    allowed_endpoints: tuple[str, ...] = ()
     #: Quality target applied to stores that give none and no scale/codec/quality either (psnr:35, ssim:0.95,
     #: exact, bpp:0.1, bytes:50000; see upscaler/quality.py); empty = the fixed form above.
     default_target: str = ""
@@ -96,6 +90,12 @@ class Settings:
     #: / 5 % more than 7 and is 8x faster (libjxl's higher efforts aim at its own visual metric, not PSNR).
     avif_speed: int = 6
     jxl_effort: int = 3
+
+    # --- upscaling -----------------------------------------------------------------------------------------
+    #: ``local`` (or ``local:<model>``) runs the engine in process; ``sagemaker:<endpoint>`` calls SageMaker.
+    upscaler: str = "local"
+    #: SageMaker endpoints a request may name in ``endpoint``; empty = only the configured one.
+    allowed_endpoints: tuple[str, ...] = ()
     #: ``byoc`` (our model server: raw image bytes) or ``jumpstart-sd-x4`` (JumpStart Stable Diffusion x4, JSON).
     sagemaker_dialect: str = "byoc"
     #: Endpoints that are JumpStart Stable Diffusion x4 upscalers (spoken to in that dialect whatever the default).
