@@ -15,6 +15,7 @@ CUDA and no Vulkan loader), else ncnn, which measures faster than the other two 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -41,44 +42,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger(__name__)
 
-_gpu_lock = threading.Lock()
-_gpu_count: int | None = None
 
-
+@functools.cache
 def gpu_count() -> int:
     """Vulkan GPUs ncnn can use (0 on machines without a GPU or a Vulkan loader). Probed once."""
-    global _gpu_count
-    with _gpu_lock:
-        if _gpu_count is None:
-            import ctypes.util
+    import ctypes.util
 
-            if ctypes.util.find_library("vulkan") is None:
-                _gpu_count = 0  # no loader: skip ncnn's probe and the warnings it prints to stderr
-                return _gpu_count
-            try:
-                import ncnn
+    if ctypes.util.find_library("vulkan") is None:
+        return 0  # no loader: skip ncnn's probe and the warnings it prints to stderr
+    try:
+        import ncnn
 
-                _gpu_count = int(ncnn.get_gpu_count())
-            except Exception:  # a broken Vulkan loader must not stop the CPU path
-                _gpu_count = 0
-        return _gpu_count
+        return int(ncnn.get_gpu_count())
+    except Exception:  # a broken Vulkan loader must not stop the CPU path
+        return 0
 
 
-_cuda: bool | None = None
-
-
+@functools.cache
 def cuda_available() -> bool:
     """Whether PyTorch is installed and sees a CUDA GPU (probed once; False without torch)."""
-    global _cuda
-    with _gpu_lock:
-        if _cuda is None:
-            if importlib.util.find_spec("torch") is None:
-                _cuda = False
-            else:
-                from upscaler.engine import torch_net
+    if importlib.util.find_spec("torch") is None:
+        return False
+    from upscaler.engine import torch_net
 
-                _cuda = torch_net.cuda_available()
-        return _cuda
+    return torch_net.cuda_available()
 
 
 @dataclass(frozen=True)
