@@ -330,36 +330,37 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
     report: list[str] = []
+
+    def add(title: str, headers: list[str], rows: list[list[object]]) -> None:
+        report.append(f"{title}\n{table(headers, rows)}")
+        print(report[-1], end="\n\n", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "model" in only:
             alone, host = model_tables(args)
-            report.append(
-                "Table 1: model alone (input on the device), output MP/s, median between CUDA events\n"
-                + table(
-                    ["model", "precision", "batch", "input", "ms", "out MP/s", "peak GiB", "PSNR-Y", "vs fp32 dB"],
-                    alone,
-                )
+            add(
+                "Table 1: model alone (input on the device), output MP/s, median between CUDA events",
+                ["model", "precision", "batch", "input", "ms", "out MP/s", "peak GiB", "PSNR-Y", "vs fp32 dB"],
+                alone,
             )
-            report.append(
-                "Table 2: host to host, uint8 frames in and out (run_uint8)\n"
-                + table(["model", "precision", "batch", "ms", "out MP/s"], host)
+            add(
+                "Table 2: host to host, uint8 frames in and out (run_uint8)",
+                ["model", "precision", "batch", "ms", "out MP/s"],
+                host,
             )
-            print(report[-2], report[-1], sep="\n\n", flush=True)
         if "retrieval" in only:
-            rows = retrieval_table(args, work)
-            report.append(
-                "Table 3: whole retrieval through the service (TLS, gunicorn, torch runtime)\n"
-                + table(["case", "output", "s", "out MP/s", "PSNR-Y"], rows)
+            add(
+                "Table 3: whole retrieval through the service (TLS, gunicorn, torch runtime)",
+                ["case", "output", "s", "out MP/s", "PSNR-Y"],
+                retrieval_table(args, work),
             )
-            print(report[-1], flush=True)
         if "video" in only:
-            rows = video_table(args, work)
-            report.append(
-                "Table 4: video job, best of runs (interleaved)\n"
-                + table(["step", "size", "frames", "s", "frames/s"], rows)
+            add(
+                "Table 4: video job, best of runs (interleaved)",
+                ["step", "size", "frames", "s", "frames/s"],
+                video_table(args, work),
             )
-            print(report[-1], flush=True)
     (OUT / "bench_gpu.txt").write_text("\n\n".join(report) + "\n")
     print("\n\n".join(report))
 

@@ -9,7 +9,6 @@ to any ONNX consumer (TensorRT's ``trtexec``, ONNX Runtime's TensorRT provider) 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -202,7 +201,6 @@ class OnnxNetwork:
         self.on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
         self.precision = "fp32"
         self.name = graph.name
-        self._lock = threading.Lock()
 
     def run(self, hwc: np.ndarray) -> np.ndarray:
         return self.run_batch([hwc])[0]
