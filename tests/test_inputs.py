@@ -3,12 +3,14 @@ gets a JSON 400 (never a 500, a redirect, or another key), and headers that name
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -96,6 +98,27 @@ def test_invalid_utf8_in_a_key_is_refused(api: str, png: bytes) -> None:
     assert _is_json_400(legacy) and legacy.json()[1] == 400  # the legacy shape
     ok = requests.put(api + "/v1/images/caf%C3%A9.png", data=png, verify=False, timeout=60)
     assert ok.status_code == 201 and ok.json()["s3_key"] == "café.png"  # valid UTF-8 still works
+
+
+def test_keys_that_need_normalising_are_refused(api: str, png: bytes) -> None:
+    """'café.png' composed (NFC) and decomposed (NFD, 'e' + U+0301, as macOS names files) are one name to a person
+    but two objects to S3 and one file on APFS: the decomposed form is refused (JSON 400 naming the NFC form) on
+    every route that takes a key, so neither a second object nor a silent collision can happen."""
+    nfd = "cafe\u0301.png"
+    put = requests.put(api + "/v1/images/" + quote(nfd), data=png, verify=False, timeout=30)
+    assert _is_json_400(put) and "NFC" in put.json()["error"] and "café.png" in put.json()["error"], put.text
+    assert _is_json_400(requests.get(api + "/v1/images/" + quote(nfd), verify=False, timeout=30))
+    legacy = requests.post(
+        api + "/store", json={"image": base64.b64encode(png).decode(), "s3_key_name": nfd}, verify=False, timeout=30
+    )
+    assert _is_json_400(legacy) and legacy.json()[1] == 400 and "NFC" in legacy.json()[0]["error"]
+    retrieve = requests.get(api + "/retrieve", params={"s3_key": nfd}, verify=False, timeout=30)
+    assert _is_json_400(retrieve) and "NFC" in retrieve.json()[0]["error"]
+    job = requests.post(api + "/v1/jobs", json={"method": "downscale", "key": nfd}, verify=False, timeout=30)
+    assert _is_json_400(job) and "NFC" in job.json()["error"], job.text
+    ok = requests.put(api + "/v1/images/" + quote("caf\u00e9.png"), data=png, verify=False, timeout=60)
+    assert ok.status_code == 201 and ok.json()["s3_key"] == "café.png"  # the composed name is stored as given
+    assert _is_json_400(requests.get(api + "/v1/images/" + quote(nfd) + "/metadata", verify=False, timeout=30))
 
 
 def _serve_public(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import unicodedata
 import zlib
 
 import pytest
@@ -32,6 +33,7 @@ def test_object_keys_are_accepted_or_refused_with_a_reason(key: str) -> None:
     parts = key.split("/")
     assert key and not key.startswith("/") and "\\" not in key and all(p not in ("", ".", "..") for p in parts)
     assert all(ord(c) >= 0x20 and ord(c) != 0x7F for c in key) and ".upscaler-" not in key
+    assert unicodedata.normalize("NFC", key) == key
 
 
 @given(st.text(max_size=80))

@@ -228,6 +228,8 @@ BAD_KEYS = [
     ".upscaler-meta/abc/x.json",
     "a/.upscaler-tmp",
     "lone\ud800surrogate",
+    "cafe\u0301.png",  # NFD: the composed 'café.png' is the one name for it
+    "\u212b.png",  # ANGSTROM SIGN, whose NFC is U+00C5
     None,
     b"bytes",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping
 
 from upscaler.errors import InvalidInput
@@ -38,8 +39,10 @@ def validate_key(key: object) -> str:
     """Return ``key`` when it is a safe object key; raise :class:`InvalidInput` saying why not otherwise.
 
     A key is 1 to 1024 bytes of UTF-8, relative (no leading ``/``), names an object rather than a folder (no
-    trailing ``/``), has no empty, ``.`` or ``..`` segment, no backslash, no control character, and does not
-    contain the reserved marker ``.upscaler-``.
+    trailing ``/``), has no empty, ``.`` or ``..`` segment, no backslash, no control character, does not
+    contain the reserved marker ``.upscaler-``, and is in Unicode normalisation form NFC: ``café`` typed as ``e`` +
+    U+0301 (NFD, as macOS file names come) is refused rather than stored as a second object beside the composed
+    ``café`` (S3 tells the two apart, a local store on APFS would not: refusing keeps every store the same).
     """
     if not isinstance(key, str) or not key:
         raise InvalidInput("key must be a non-empty string")
@@ -60,6 +63,12 @@ def validate_key(key: object) -> str:
             raise InvalidInput("key must not contain empty, '.' or '..' segments")
     if RESERVED in key:
         raise InvalidInput(f"key must not contain {RESERVED!r} (reserved for the store's own files)")
+    composed = unicodedata.normalize("NFC", key)
+    if composed != key:
+        raise InvalidInput(
+            f"key must be in Unicode normalisation form NFC (composed characters, here {composed!r}): "
+            "the same name written another way would otherwise be another object"
+        )
     return key
 
 
