@@ -1,6 +1,7 @@
 """Every outside call under a total deadline (issue #15, defects 7 and 8), against the real `upscaler serve`: an S3
 endpoint that accepts connections and never answers gives 503 within the configured S3 deadline and ``/ready``
-answers within its own; a URL source trickling a byte at a time is cut off at the total source deadline."""
+answers within its own; a URL source trickling a byte at a time is cut off at the total source deadline; hung
+DynamoDB, SQS and SageMaker endpoints fail their calls within theirs."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import http.server
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.servers import api_server, hung_s3_api, ready_once_loaded
+from tests.servers import AWS_TEST_ENV, api_server, hung_endpoint, hung_s3_api, moto_server, ready_once_loaded
+from upscaler.config import Settings
+from upscaler.errors import Unavailable
+from upscaler.jobs.factory import open_job_queue, open_job_store
+from upscaler.providers.sagemaker import SagemakerRTUpscaleProvider
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +82,84 @@ def test_a_trickling_source_url_is_cut_off_at_the_total_deadline(tmp_path: Path)
     finally:
         source.shutdown()
         source.server_close()
+
+
+@pytest.fixture()
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def _took(call: Callable[[], object]) -> tuple[float, str]:
+    start = time.monotonic()
+    with pytest.raises(Unavailable) as err:
+        call()
+    return time.monotonic() - start, err.value.message
+
+
+#: botocore's standard retries sleep up to 1 s (jittered) after a first failed attempt, up to 2 s after a second.
+BACKOFF = 3.0
+
+
+def test_a_hung_dynamodb_and_sqs_fail_within_their_deadline(aws_env: None) -> None:
+    """The job table and queue clients of the settings: a hung endpoint is Unavailable (503) in about
+    ``jobs_timeout``, not botocore's default 60 s per read times its retries."""
+    settings = Settings.from_env({}, jobs_timeout=2.0, jobs_max_attempts=2)
+    with hung_endpoint() as endpoint:
+        jobs = open_job_store(settings.replace(job_store="dynamodb:jobs", dynamodb_endpoint_url=endpoint))
+        queue = open_job_queue(settings.replace(job_queue=endpoint + "/123456789012/q", sqs_endpoint_url=endpoint))
+        for name, call in (
+            ("DynamoDB get", lambda: jobs.get("some-job")),
+            ("DynamoDB ping", jobs.ping),
+            ("SQS send", lambda: queue.send({"id": "some-job"})),
+        ):
+            took, message = _took(call)
+            assert took < 2.0 + BACKOFF, f"{name}: {took:.1f} s"
+            assert "failed" in message and "Timeout" in message, (name, message)
+
+
+def test_a_hung_sagemaker_endpoint_fails_within_its_deadline(aws_env: None) -> None:
+    """One invocation waits ``sagemaker_read_timeout`` at most, and no attempt starts after ``sagemaker_deadline``."""
+    settings = Settings.from_env({}, sagemaker_read_timeout=1.0, sagemaker_deadline=2.5)
+    with hung_endpoint() as endpoint:
+        provider = SagemakerRTUpscaleProvider(settings.replace(sagemaker_endpoint_url=endpoint), "upscaler-span")
+        took, message = _took(lambda: provider.upscale(Image.new("RGB", (16, 16)), size=(64, 64)))
+    assert 1.0 <= took < 2.5 + 1.0 + 1.0, f"{took:.1f} s"  # the deadline, one read timeout, the last backoff
+    assert "upscaler-span" in message and ("ReadTimeout" in message or "2.5 s" in message), message
+
+
+def test_a_hung_sqs_gives_the_job_submission_503_within_the_deadline(tmp_path: Path, aws_env: None) -> None:
+    """The real `upscaler serve`, its job table on moto's server and its queue hung: POST /v1/jobs answers a JSON 503
+    within ``UPSCALER_JOBS_TIMEOUT`` (the row it wrote stays Submitted without a message: no job id was given)."""
+    import boto3
+
+    video = tmp_path / "objects" / "media" / "v.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"not decoded at submission")
+    with moto_server() as moto, hung_endpoint() as hung:
+        boto3.client("dynamodb", endpoint_url=moto).create_table(
+            TableName="jobs",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        env = {
+            "UPSCALER_STORAGE": str(tmp_path / "objects"),
+            "UPSCALER_JOB_STORE": "dynamodb:jobs",
+            "UPSCALER_DYNAMODB_ENDPOINT_URL": moto,
+            "UPSCALER_JOB_QUEUE": hung + "/123456789012/jobs",
+            "UPSCALER_SQS_ENDPOINT_URL": hung,
+            "UPSCALER_JOBS_TIMEOUT": "2",
+            "UPSCALER_JOBS_MAX_ATTEMPTS": "2",
+            "UPSCALER_VIDEO_WORKERS": "0",
+        }
+        with api_server(tmp_path, env) as url:
+            assert requests.get(url + "/v1/jobs/nothing-here", verify=False, timeout=30).status_code == 404
+            start = time.monotonic()
+            resp = requests.post(
+                url + "/v1/jobs", json={"method": "downscale", "key": "v.mp4"}, verify=False, timeout=60
+            )
+            took = time.monotonic() - start
+    assert resp.status_code == 503 and resp.json()["code"] == "unavailable", resp.text
+    assert "SQS failed" in resp.json()["error"] and resp.headers.get("Retry-After"), resp.text
+    assert took < 2.0 + BACKOFF + 1.0, f"503 after {took:.1f} s"

@@ -11,6 +11,24 @@ from typing import Any
 from upscaler.errors import Unavailable
 
 
+def deadline_config(total: float, attempts: int, *, wait: float = 0.0, **extra: Any) -> dict[str, Any]:
+    """``botocore.config.Config`` keyword arguments for calls that take ``total`` seconds at most, their
+    ``attempts`` attempts (botocore's "standard" retries: throttling, 5xx, connection errors, timeouts) included.
+
+    Each attempt gets an equal share of ``total``: a connect timeout (a third of the share, at most 3 s) and a read
+    timeout (the rest; botocore's timeouts are per attempt and per read, so a hung endpoint fails the call in about
+    ``total`` seconds plus botocore's jittered backoff between attempts). ``wait``: seconds the service itself may
+    hold an answer on purpose (SQS long polling), added to the read timeout so a quiet queue is not a failure."""
+    share = total / max(1, attempts)
+    connect = min(3.0, share / 3)
+    return {
+        "connect_timeout": connect,
+        "read_timeout": share - connect + wait,
+        "retries": {"total_max_attempts": max(1, attempts), "mode": "standard"},
+        **extra,
+    }
+
+
 class LazyClient:
     """``get()`` returns the one ``boto3.client(service, ...)`` of its owner, creating it once.
 

@@ -106,8 +106,13 @@ class Settings:
     sagemaker_max_payload: int = 6 * 1024 * 1024
     #: Tiles in flight per image against an endpoint.
     sagemaker_concurrency: int = 4
-    #: Seconds one upscale may take through SageMaker, retries included.
+    #: Seconds one upscale may take through SageMaker, retries included: no attempt starts after it, and one attempt
+    #: waits ``sagemaker_read_timeout`` at most (so a hung endpoint fails by the deadline plus one read timeout).
     sagemaker_deadline: float = 120.0
+    #: Seconds to connect to the SageMaker runtime, and to wait for one invocation's answer (SageMaker ends a
+    #: real-time invocation at 60 s itself; a hung connection or proxy is cut here).
+    sagemaker_connect_timeout: float = 5.0
+    sagemaker_read_timeout: float = 65.0
     #: Input tile side for the JumpStart SD x4 dialect (the diffusion model runs out of GPU memory on large inputs).
     sagemaker_sd_tile: int = 128
 
@@ -166,6 +171,10 @@ class Settings:
     #: SQS and DynamoDB endpoint overrides (moto, LocalStack); empty = AWS's.
     sqs_endpoint_url: str = ""
     dynamodb_endpoint_url: str = ""
+    #: Seconds one DynamoDB or SQS call may take in all, ``jobs_max_attempts`` attempts included (split as for S3:
+    #: see ``s3_timeout``); an SQS receive may also wait its long poll (at most 20 s) on top.
+    jobs_timeout: float = 10.0
+    jobs_max_attempts: int = 3
     #: Days a finished job's row is kept in DynamoDB (its ``expires_at`` TTL attribute); 0 = kept for ever.
     job_retention_days: int = 30
     #: Video workers ``upscaler serve`` starts beside the API (0 = none: run ``upscaler worker`` yourself).

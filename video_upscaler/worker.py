@@ -115,7 +115,12 @@ class VideoWorker:
 
         engine = Engine(settings)
         return cls(
-            store=open_store(settings.storage, endpoint_url=settings.s3_endpoint_url or None),
+            store=open_store(
+                settings.storage,
+                endpoint_url=settings.s3_endpoint_url or None,
+                timeout=settings.s3_timeout,
+                max_attempts=settings.s3_max_attempts,
+            ),
             jobs=open_job_store(settings),
             queue=open_job_queue(settings),
             provider=open_provider(settings, engine),

@@ -18,6 +18,8 @@ def open_job_store(settings: Settings) -> JobStore:
             table,
             endpoint_url=settings.dynamodb_endpoint_url or None,
             retention_seconds=settings.job_retention_days * 86400,
+            timeout=settings.jobs_timeout,
+            max_attempts=settings.jobs_max_attempts,
         )
     return SqliteJobStore(spec.removeprefix("sqlite:"))
 
@@ -31,5 +33,7 @@ def open_job_queue(settings: Settings) -> JobQueue:
             spec,
             endpoint_url=settings.sqs_endpoint_url or None,
             dlq_url=settings.job_dead_letter_queue or None,
+            timeout=settings.jobs_timeout,
+            max_attempts=settings.jobs_max_attempts,
         )
     return SqliteQueue(spec.removeprefix("sqlite:"), max_receives=settings.video_max_receives)

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from upscaler.aws import LazyClient
+from upscaler.aws import LazyClient, deadline_config
 from upscaler.errors import Unavailable
 from upscaler.jobs.sqlite import SqliteFile
+
+#: SQS's longest receive wait (``WaitTimeSeconds``), in seconds.
+MAX_LONG_POLL = 20
 
 
 @dataclass
@@ -149,12 +152,30 @@ class SqsQueue(JobQueue):
     """Amazon SQS: long polling, visibility heartbeats, and the queue's own RedrivePolicy for the DLQ."""
 
     def __init__(
-        self, url: str, *, endpoint_url: str | None = None, dlq_url: str | None = None, client: Any = None
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        dlq_url: str | None = None,
+        client: Any = None,
+        timeout: float = 10.0,
+        max_attempts: int = 3,
     ) -> None:
+        """``timeout``: seconds one call may take in all, its ``max_attempts`` attempts included; a receive may
+        also wait its long poll (:func:`upscaler.aws.deadline_config`)."""
         self.url = url
         self.dlq_url = dlq_url
         self.endpoint_url = endpoint_url
-        self._clients = LazyClient("sqs", endpoint_url=endpoint_url, client=client)
+        self._clients = LazyClient(
+            "sqs", endpoint_url=endpoint_url, client=client, config=deadline_config(timeout, max_attempts)
+        )
+        # long polls hold the answer up to 20 s on purpose: their client reads that much longer
+        self._polling = LazyClient(
+            "sqs",
+            endpoint_url=endpoint_url,
+            client=client,
+            config=deadline_config(timeout, max_attempts, wait=MAX_LONG_POLL),
+        )
 
     @property
     def client(self) -> Any:
@@ -166,7 +187,8 @@ class SqsQueue(JobQueue):
         try:
             return fn(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            # a timeout (a BotoCoreError) carries ``response = None``
+            code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", type(exc).__name__)
             raise Unavailable(f"SQS failed: {code}", retry_after=1) from None
 
     def send(self, body: dict[str, Any]) -> str:
@@ -174,10 +196,10 @@ class SqsQueue(JobQueue):
 
     def receive(self, wait_seconds: float = 20.0, visibility: int = 300) -> Message | None:
         resp = self._call(
-            self.client.receive_message,
+            self._polling.get().receive_message,
             QueueUrl=self.url,
             MaxNumberOfMessages=1,
-            WaitTimeSeconds=int(min(20, max(0, wait_seconds))),
+            WaitTimeSeconds=int(min(MAX_LONG_POLL, max(0, wait_seconds))),
             VisibilityTimeout=visibility,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )

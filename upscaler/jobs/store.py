@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from upscaler.aws import LazyClient
+from upscaler.aws import LazyClient, deadline_config
 from upscaler.errors import Conflict, NotFound, Unavailable
 from upscaler.jobs.model import FINAL, TRANSITIONS, Job
 from upscaler.jobs.sqlite import SqliteFile
@@ -124,16 +124,22 @@ class DynamoJobStore(JobStore):
     TTL_ATTRIBUTE = "expires_at"
 
     def __init__(
-        self, table: str, *, endpoint_url: str | None = None, client: Any = None, retention_seconds: int = 30 * 86400
+        self,
+        table: str,
+        *,
+        endpoint_url: str | None = None,
+        client: Any = None,
+        retention_seconds: int = 30 * 86400,
+        timeout: float = 10.0,
+        max_attempts: int = 3,
     ) -> None:
+        """``timeout``: seconds one call may take in all, its ``max_attempts`` attempts included (a hung endpoint
+        gives :class:`Unavailable` in about that time, see :func:`upscaler.aws.deadline_config`)."""
         self.table = table
         self.endpoint_url = endpoint_url
         self.retention_seconds = retention_seconds
         self._clients = LazyClient(
-            "dynamodb",
-            endpoint_url=endpoint_url,
-            client=client,
-            config={"retries": {"total_max_attempts": 6, "mode": "standard"}},
+            "dynamodb", endpoint_url=endpoint_url, client=client, config=deadline_config(timeout, max_attempts)
         )
 
     @property

@@ -61,8 +61,8 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
             client=client,
             config={
                 "retries": {"total_max_attempts": 1, "mode": "standard"},
-                "connect_timeout": 5,
-                "read_timeout": 65,
+                "connect_timeout": min(settings.sagemaker_connect_timeout, settings.sagemaker_deadline),
+                "read_timeout": min(settings.sagemaker_read_timeout, settings.sagemaker_deadline),
                 "max_pool_connections": max(10, 2 * settings.sagemaker_concurrency),
             },
         )
@@ -199,6 +199,12 @@ class SagemakerRTUpscaleProvider(UpscaleProvider):
         attempt = 0
         while True:
             attempt += 1
+            if time.monotonic() >= deadline:  # no attempt starts after it (the tiles of an image share it)
+                raise Unavailable(
+                    f"SageMaker endpoint {name!r} did not answer within {self.settings.sagemaker_deadline:g} s "
+                    "(UPSCALER_SAGEMAKER_DEADLINE)",
+                    retry_after=2,
+                )
             self.calls += 1
             try:
                 kwargs: dict[str, Any] = {

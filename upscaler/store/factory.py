@@ -33,15 +33,16 @@ def open_store(
             from upscaler.store.s3 import S3Store
         except ImportError:
             raise InvalidInput("UPSCALER_STORAGE=s3:// needs boto3 (pip install 'media-upscaler[aws]')") from None
+        from upscaler.aws import deadline_config
+
         prefix = unquote(urlsplit(spec).path) if spec.startswith("s3://") else ""
-        share = timeout / max(1, max_attempts)
-        connect = min(3.0, share / 3)
+        config = deadline_config(timeout, max_attempts)
         return S3Store(
             endpoint_url=endpoint_url,
             prefix=prefix,
             max_attempts=max_attempts,
-            connect_timeout=connect,
-            read_timeout=share - connect,
+            connect_timeout=config["connect_timeout"],
+            read_timeout=config["read_timeout"],
         )
 
     from upscaler.store.local import LocalFolderStore

@@ -127,8 +127,8 @@ class S3Store(ObjectStore):
         max_concurrency: int = 8,
     ) -> None:
         """``endpoint_url``: an S3-compatible endpoint (None: AWS's). ``prefix``: prepended to every key.
-        ``max_attempts``: botocore's ``retries["max_attempts"]`` in "standard" mode, i.e. attempts of each request,
-        the first included (retried on throttling, 5xx, connection errors and timeouts). ``connect_timeout``,
+        ``max_attempts``: botocore's ``retries["total_max_attempts"]`` in "standard" mode, i.e. attempts of each
+        request, the first included (retried on throttling, 5xx, connection errors and timeouts). ``connect_timeout``,
         ``read_timeout``: socket timeouts in seconds, per attempt (so a hung endpoint fails a call in about
         ``max_attempts * (connect_timeout + read_timeout)`` seconds). ``multipart_*`` and ``max_concurrency``: how
         :meth:`put_file` and :meth:`get_file` split large objects into parts transferred in parallel."""
@@ -145,7 +145,7 @@ class S3Store(ObjectStore):
         #: Prepended to every key ("" or ending with "/").
         self.prefix = prefix + "/" if prefix else ""
         self._config = Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": max(1, max_attempts), "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
