@@ -18,6 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from api import auth, errors, legacy, metrics, v1, videos
 from api.openapi import spec
+from api.responses import install_redactor
 from upscaler import logs
 from upscaler.config import Settings
 from upscaler.engine import Engine
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     app.extensions["upscaler.settings"] = settings
     app.extensions["upscaler.videos"] = video_jobs
     errors.register(app)
+    install_redactor(app, settings)
     app.register_blueprint(legacy.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(videos.bp)

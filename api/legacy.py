@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, request
 
 from api import params
 from api.auth import allowed, job_allowed, video_job_allowed
-from api.responses import LEGACY_BLUEPRINT, legacy
+from api.responses import LEGACY_BLUEPRINT, job_answer, legacy
 from api.videos import encoding_options
 from upscaler.service import S3CommonUpscaler
 from upscaler.videos import VideoJobs
@@ -116,7 +116,7 @@ def retrieve_video() -> Response:
 def video_status() -> Response:
     """``data`` is a JSON *string*, as the original sent it: {"output", "status"} plus error and progress."""
     job = job_allowed("read", videos().get(params.text(request.args.to_dict(), "id", required=True, max_len=128)))  # type: ignore[arg-type]
-    return legacy(json.dumps(job.legacy_status()))
+    return legacy(json.dumps(job_answer(job.legacy_status())))
 
 
 @bp.get("/health")

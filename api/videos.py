@@ -18,10 +18,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from api import params
-from api.auth import allowed, job_allowed, video_job_allowed
-from api.responses import location
+from api.auth import allowed, job_allowed, principal, video_job_allowed
+from api.responses import job_answer, location
 from upscaler.errors import InvalidInput, TooLarge, UnsupportedMedia
-from upscaler.videos import VideoJobs
+from upscaler.videos import VideoJobs, idempotency_scope
 
 bp = Blueprint("v1_videos", __name__, url_prefix="/v1")
 
@@ -95,6 +95,12 @@ def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key``, scoped to the caller (the same key from two callers names two jobs)."""
+    key = request.headers.get("Idempotency-Key")
+    return None if key is None else idempotency_scope(principal().name, key)
+
+
 @bp.post("/jobs")
 def submit_job() -> Response:
     body = params.json_body()
@@ -117,9 +123,10 @@ def submit_job() -> Response:
         endpoint=params.text(body, "endpoint", max_len=63),
         output_key=output,
         sizing=params.text(body, "sizing", max_len=16) or "aspect",
+        idempotency_key=idempotency_key(),
         **encoding_options(body),
     )
-    resp = jsonify(job.to_v1())
+    resp = jsonify(job_answer(job.to_v1()))
     resp.status_code = 202
     resp.headers["Location"] = location("/v1/jobs/", job.id)
     return resp
@@ -127,10 +134,10 @@ def submit_job() -> Response:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    return jsonify(job_allowed("read", videos().get(job_id)).to_v1())
+    return jsonify(job_answer(job_allowed("read", videos().get(job_id)).to_v1()))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> Response:
     job_allowed("write", videos().get(job_id))
-    return jsonify(videos().cancel(job_id).to_v1())
+    return jsonify(job_answer(videos().cancel(job_id).to_v1()))

@@ -8,15 +8,19 @@ import io
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import requests
+from flask import Flask
 from PIL import Image
 
+from api.responses import install_redactor, job_answer, path_pattern
 from tests.servers import UPSCALER, api_server, free_port
+from upscaler.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +123,41 @@ def test_keys_that_need_normalising_are_refused(api: str, png: bytes) -> None:
     ok = requests.put(api + "/v1/images/" + quote("caf\u00e9.png"), data=png, verify=False, timeout=60)
     assert ok.status_code == 201 and ok.json()["s3_key"] == "café.png"  # the composed name is stored as given
     assert _is_json_400(requests.get(api + "/v1/images/" + quote(nfd) + "/metadata", verify=False, timeout=30))
+
+
+def test_no_server_path_in_any_answer(api: str, tmp_path: Path) -> None:
+    """Smaller defect: a video that cannot be read answered with FFmpeg's message, which quotes the upload's
+    scratch file ('/tmp/upload-…/video'). Answers name what went wrong, never where the server keeps files."""
+    junk = b"definitely not a video" * 50
+    resp = requests.put(api + "/v1/videos/x/junk.mp4", data=junk, verify=False, timeout=30)
+    assert resp.status_code == 422 and "video cannot be read" in resp.json()["error"], resp.text
+    for place in ("/tmp", "upload-", tempfile.gettempdir(), os.getcwd(), str(tmp_path.parent)):
+        assert place not in resp.text, (place, resp.text)
+    legacy = requests.post(api + "/storeVideo", json={"s3_key_name": "x/missing.mp4"}, verify=False, timeout=30)
+    assert legacy.status_code == 404 and "/tmp" not in legacy.text and str(tmp_path.parent) not in legacy.text
+
+
+def test_server_paths_are_redacted_and_keys_are_not() -> None:
+    """What the answers' redaction replaces: absolute paths under the server's folders and the system's, not keys
+    or URL paths that a message quotes."""
+    pattern = path_pattern(["/srv/app/data", "/work/x"])
+    cases = {
+        "video cannot be read: 'Invalid data' '/tmp/upload-1/video'": "video cannot be read: 'Invalid data' '<p>'",
+        "job store /srv/app/data/jobs.db unusable": "job store <p> unusable",
+        "local store at /work/x/objects is not writable": "local store at <p> is not writable",
+        "no image at 'photos/tmp/a.png'": "no image at 'photos/tmp/a.png'",
+        "…/metadata is read-only (GET)": "…/metadata is read-only (GET)",
+        "source URL https://host/tmp/a.png answered 404": "source URL https://host/tmp/a.png answered 404",
+        "the path has an empty segment ('//')": "the path has an empty segment ('//')",
+        "/work/xy is fine, /work/x/y is not": "/work/xy is fine, <p> is not",
+    }
+    for message, expected in cases.items():
+        assert pattern.sub("<p>", message) == expected, message
+    app = Flask(__name__)
+    install_redactor(app, Settings.from_env({}, storage="/srv/app/data/objects", video_scratch="/scratch/v"))
+    with app.app_context():  # a worker's reason for a failed job is redacted where the API shows the job
+        job = job_answer({"id": "j", "error": "cannot decode /scratch/v/job-1/in.mp4: EOF", "status": "Failed"})
+        assert job == {"id": "j", "error": "cannot decode <server path>: EOF", "status": "Failed"}
 
 
 def _serve_public(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str] | None:

@@ -93,8 +93,8 @@ def probe(path: Path) -> VideoInfo:
                 codec=v.codec_context.codec.canonical_name,  # "av1", not its decoder "libdav1d"
                 streams=tuple(s.type for s in container.streams),
             )
-    except av.FFmpegError as exc:
-        raise UndecodableImage(f"video cannot be read: {exc}") from None
+    except av.FFmpegError as exc:  # its str() quotes the file's path (a server's scratch file): the reason only
+        raise UndecodableImage(f"video cannot be read: {exc.strerror or type(exc).__name__}") from None
 
 
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
