@@ -67,6 +67,33 @@ def test_jxl_originals_are_read_and_restored_as_jxl() -> None:
     assert content_type == "image/jxl" and media.decode(as_jxl, LIMITS).record.format == "JXL"
 
 
+def _swapped_primaries_icc() -> bytes:
+    """An RGB profile that is sRGB with its red and blue primaries exchanged: a pixel stored as (200, 30, 30) is
+    displayed as sRGB (30, 30, 200). Tells a JPEG XL retrieval that honours the profile from one that drops it."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    count = int.from_bytes(icc[128:132], "big")
+    where = {icc[132 + 12 * i : 136 + 12 * i]: 132 + 12 * i for i in range(count)}
+    swapped, red, blue = bytearray(icc), where[b"rXYZ"], where[b"bXYZ"]
+    swapped[red + 4 : red + 12], swapped[blue + 4 : blue + 12] = icc[blue + 4 : blue + 12], icc[red + 4 : red + 12]
+    return bytes(swapped)
+
+
+def test_jxl_output_keeps_the_colours_of_an_icc_profile_it_cannot_embed() -> None:
+    """The binding writes no ICC profile and a JPEG XL file without one is read as sRGB: the pixels are converted
+    to sRGB from the original's profile, so a viewer sees the colours it would have seen in the original."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", quality=95, icc_profile=_swapped_primaries_icc())
+    decoded = media.decode(buf.getvalue(), LIMITS)
+    as_jxl, _ = media.encode_restored(decoded.pixels, decoded.record, format="jxl")
+    red, green, blue = Image.open(io.BytesIO(as_jxl)).convert("RGB").getpixel((32, 24))
+    assert blue > 150 and red < 80 and abs(green - 30) < 20  # displayed blue, as the profile says
+    as_jpeg, _ = media.encode_restored(decoded.pixels, decoded.record)  # the original's format keeps the profile
+    with Image.open(io.BytesIO(as_jpeg)) as back:
+        assert back.info["icc_profile"] == _swapped_primaries_icc() and back.getpixel((32, 24))[0] > 150
+
+
 @pytest.mark.parametrize("codec", ["jxl", "jxl-lossless"])
 def test_jxl_stored_forms_round_trip(codec: str) -> None:
     rgba = _photo().convert("RGBA")

@@ -107,6 +107,8 @@ def encode_restored(
         jxl_ready()
     source = _as_pil(pixels)
     img, key = _convert(source, target, record, fmt)
+    if fmt == "JXL" and record.icc_profile:
+        img = _to_srgb(img, record.icc_profile)
     if img.info:  # Pillow's encoders fall back on info (ICC, transparency, comment): only the record counts
         img = img.copy() if img is source else img
         img.info = {}
@@ -286,6 +288,24 @@ def _rgb_to_cmyk(img: Image.Image) -> Image.Image:
 
 
 # ---- encoder parameters ------------------------------------------------------------------------------------------
+
+
+def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
+    """Colour pixels converted from the original's ICC profile to sRGB, for JPEG XL output: the binding writes no ICC
+    profile, and a JPEG XL file without one is read as sRGB, so converting keeps the colours the viewer sees. Grey
+    images and profiles LittleCMS cannot read are left as they are (the profile is then lost, not misapplied)."""
+    if img.mode not in ("RGB", "RGBA") or not _icc_fits(icc, "RGB", "JXL"):
+        return img
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))  # sRGB to sRGB is exact (LittleCMS), so no special case
+        rgb = ImageCms.profileToProfile(img.convert("RGB"), source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
+    if img.mode == "RGBA":
+        rgb.putalpha(img.getchannel("A"))
+    return rgb
 
 
 def _icc_fits(icc: bytes, mode: str, fmt: str) -> bool:
