@@ -215,6 +215,20 @@ class Settings:
     #: Largest ``max_workers`` a job may ask for (frames in flight to the provider).
     video_max_workers: int = 16
 
+    # --- archive migrations (upscaler/migrate.py) ---------------------------------------------------------------
+    #: Keys per chunk: one job on the queue, its objects' states in its job-store row (DynamoDB items hold 400 KB:
+    #: about 1 KB per object, so keep it under 300 there).
+    migrate_chunk_keys: int = 100
+    #: Most objects one migration run may list (a larger archive: one migration per prefix, or a manifest each).
+    migrate_max_objects: int = 1_000_000
+    #: Seconds between two saves of a chunk's object states to its job row (a killed worker redoes at most this
+    #: much work; an original is never deleted before its verified state is saved).
+    migrate_flush_seconds: float = 2.0
+    #: Objects the dry run decides (without storing) to estimate the savings.
+    migrate_plan_sample: int = 20
+    #: Storage-class prices for the cost estimate (JSON; empty = upscaler/prices.json, with its date).
+    migrate_prices: str = ""
+
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

@@ -236,7 +236,10 @@ class VideoWorker:
                 log.warning("heartbeat failed", extra={"reason": exc.message})
 
     def _checkpoints(self, job: Job, fingerprint: str = "") -> StoreCheckpoints:
-        bucket, _ = parse_s3_url(job.video)
+        if job.method == "migrate":  # a migration chunk has no segments; its destination bucket stands in
+            bucket = str(job.output).removeprefix("s3://").partition("/")[0]
+        else:
+            bucket, _ = parse_s3_url(job.video)
         return StoreCheckpoints(self.store, bucket, f"{self.settings.video_checkpoint_prefix}{job.id}/", fingerprint)
 
     def _restorer(self, job: Job) -> targeting.Restore:
@@ -276,7 +279,21 @@ class VideoWorker:
         restored = [f if f.shape[:2] == (size[1], size[0]) else restore(f, size) for f in frames]
         return targeting.score(target, reference, restored)
 
+    def _migrate(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int, dict[str, object]]:
+        """A chunk of an archive migration (upscaler.migrate), on the same queue and workers as video."""
+        from upscaler import migrate
+
+        ctx = migrate.Context.build(self.store, self.provider, self.engine, self.jobs, self.settings)
+        try:
+            return migrate.run_chunk(ctx, job, stop.is_set if stop is not None else None)
+        except migrate.Stopped as exc:
+            raise Interrupted(exc.done) from None
+        except migrate.ChunkCancelled:
+            raise JobCancelled(job.id) from None
+
     def _process(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int, dict[str, object]]:
+        if job.method == "migrate":
+            return self._migrate(job, stop)
         bucket, key = parse_s3_url(job.video)
         out_key = job.output_key or default_output_key(job.method, key)
         settings = self.settings

@@ -24,7 +24,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
     CANCELLED: frozenset(),
 }
-METHODS = ("downscale", "upscale")
+#: Video jobs, and the two kinds of upscaler.migrate: a chunk of objects ("migrate", queued) and a migration's
+#: own record ("migration", never queued).
+METHODS = ("downscale", "upscale", "migrate", "migration")
 SIZINGS = ("original", "aspect")
 
 
@@ -67,6 +69,8 @@ class Job:
     target: str | None = None
     decision: dict[str, Any] | None = None
     fidelity: dict[str, Any] | None = None
+    #: A migration's record or chunk (upscaler.migrate): its options, keys and each object's state.
+    migration: dict[str, Any] | None = None
     frames_done: int = 0
     #: Frames the last run took from checkpoints of an earlier, interrupted run (not done again).
     resumed_frames: int = 0

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from upscaler.errors import NotFound
+from upscaler.errors import InvalidInput, NotFound
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,16 @@ class ObjectStore(ABC):
     @abstractmethod
     def url(self, bucket: str, key: str) -> str:
         """Where the object lives, for people and job records (``s3://b/k`` or ``file:///...``)."""
+
+    def tag(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Add ``tags`` to the current version's tags (S3 object tags: what lifecycle rules filter on), keeping
+        the others; a new version of the object starts untagged. :class:`NotFound` when missing."""
+        raise InvalidInput(f"{type(self).__name__} cannot tag objects")
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The current version's tags; :class:`NotFound` when missing."""
+        self.head(bucket, key)
+        return {}
 
     def exists(self, bucket: str, key: str) -> bool:
         """True when ``bucket``/``key`` holds an object."""

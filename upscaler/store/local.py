@@ -325,6 +325,7 @@ class LocalFolderStore(ObjectStore):
                         self._journal(lock, None, current)
                         os.unlink(path)
                         _unlink(self._meta(path, current))
+                        _unlink(self._tags_path(path, current))
                         _fsync_dir(path.parent)
                     failed = False
                     return current is not None
@@ -421,6 +422,35 @@ class LocalFolderStore(ObjectStore):
         path, fd, st, record = self._open(bucket, key)
         os.close(fd)
         return self._info(path, st, record)
+
+    @staticmethod
+    def _tags_path(path: Path, ino: int) -> Path:
+        return path.with_name(f".{path.name}.{ino}{RESERVED}tags")
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The tags kept beside the current version (``.<name>.<inode>.upscaler-tags``, valid for its etag only)."""
+        path, fd, st, record = self._open(bucket, key)
+        os.close(fd)
+        try:
+            kept = json.loads(self._tags_path(path, st.st_ino).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return dict(kept["tags"]) if kept.get("etag") == self._info(path, st, record).etag else {}
+
+    def tag(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Merge ``tags`` into the current version's, written atomically beside it."""
+        tags = validate_metadata(tags)
+        current = self.tags(bucket, key) | tags
+        path, fd, st, record = self._open(bucket, key)
+        os.close(fd)
+        body = json.dumps({"etag": self._info(path, st, record).etag, "tags": current}).encode()
+        tmp = self._tmp(path, uuid.uuid4().hex, "tags")
+        try:
+            _write_synced(tmp, body)
+            os.replace(tmp, self._tags_path(path, st.st_ino))
+        except OSError as exc:
+            _unlink(tmp)
+            raise Unavailable(f"local store cannot tag {key!r}: {exc.strerror or exc}") from None
 
     def get_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
         """Copy the current version into ``path`` through a temporary file beside it, verified, fsynced, renamed."""

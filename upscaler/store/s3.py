@@ -515,6 +515,22 @@ class S3Store(ObjectStore):
             with self._errors("list buckets", ""):
                 self.client.list_buckets()
 
+    def tag(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """``GetObjectTagging`` then ``PutObjectTagging`` with ``tags`` merged in (S3 allows 10 tags per object)."""
+        bucket, full = validate_bucket(bucket), self._full(key)
+        with self._errors("tag", bucket, key):
+            current = self.client.get_object_tagging(Bucket=bucket, Key=full).get("TagSet", [])
+            merged = {t["Key"]: t["Value"] for t in current} | dict(tags)
+            tagset = [{"Key": k, "Value": v} for k, v in merged.items()]
+            self.client.put_object_tagging(Bucket=bucket, Key=full, Tagging={"TagSet": tagset})
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        """``GetObjectTagging``."""
+        bucket, full = validate_bucket(bucket), self._full(key)
+        with self._errors("get tags", bucket, key):
+            current = self.client.get_object_tagging(Bucket=bucket, Key=full).get("TagSet", [])
+        return {t["Key"]: t["Value"] for t in current}
+
     def url(self, bucket: str, key: str) -> str:
         """``s3://bucket/<prefix><key>``."""
         return f"s3://{validate_bucket(bucket)}/{self._full(key)}"
