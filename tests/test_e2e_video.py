@@ -333,12 +333,16 @@ def test_sqs_dynamodb_s3_whole_jobs_and_a_poison_job(tmp_path: Path, clip: Path)
 
 
 def test_worker_killed_mid_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL a worker mid-job: the job reads Submitted once its heartbeats stop (not Processing for the whole
+    lease), another worker takes it when the lease ends and resumes it from its checkpoint, its progress never goes
+    backwards, and the same submission sent again with its Idempotency-Key names the same job (issue #15)."""
     source = tmp_path / "long.mp4"
     make_clip(source, frames=64, size=(96, 64))
     env = {
         **FAST,
         "UPSCALER_VIDEO_SEGMENT_FRAMES": "4",
         "UPSCALER_VIDEO_VISIBILITY": "3",
+        "UPSCALER_VIDEO_HEARTBEAT": "0.5",
         "UPSCALER_VIDEO_WORKERS": "0",
     }
     with api_server(tmp_path, env) as url:
@@ -349,25 +353,47 @@ def test_worker_killed_mid_job_resumes_from_its_checkpoint(tmp_path: Path) -> No
             keys = [k for k in store.list("media", f"_checkpoints/{job_id}/")]
             return [int(store.head("media", k).metadata["frames"]) for k in keys]
 
-        def submit(output: str) -> str:
+        def post(output: str, key: str | None = None) -> requests.Response:
             body = {"method": "upscale", "key": "in/long.mp4", "output_key": output, "max_workers": 2}
-            return requests.post(url + "/v1/jobs", json=body, verify=False).json()["id"]
+            headers = {"Idempotency-Key": key} if key else {}
+            return requests.post(url + "/v1/jobs", json=body, headers=headers, verify=False, timeout=30)
 
-        job_id = submit("out/killed.mp4")
+        def submit(output: str) -> str:
+            return post(output).json()["id"]
+
+        def status() -> dict:
+            return requests.get(f"{url}/v1/jobs/{job_id}", verify=False, timeout=10).json()
+
+        job_id = post("out/killed.mp4", "killed-1").json()["id"]
+        again = post("out/killed.mp4", "killed-1")
+        assert again.status_code == 202 and again.json()["id"] == job_id  # the same job, not a second run
+        clash = post("out/other.mp4", "killed-1")
+        assert clash.status_code == 409 and "Idempotency-Key" in clash.json()["error"], clash.text
+        seen: list[int] = []
         with worker_process(tmp_path, env) as worker:
             deadline = time.monotonic() + 60
             while len(checkpoints(job_id)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+                seen.append(status()["frames_done"])
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
+        killed_at = time.monotonic()
         saved = sum(checkpoints(job_id))
         assert 8 <= saved < 64, "killed mid-job, after two checkpoints"
-        assert requests.get(f"{url}/v1/jobs/{job_id}", verify=False).json()["status"] == "Processing"
+        lost = status()
+        while lost["status"] == "Processing" and time.monotonic() - killed_at < 10:
+            seen.append(lost["frames_done"])
+            lost = status()
+        assert lost["status"] == "Submitted" and "its worker stopped" in lost["error"], lost
+        assert time.monotonic() - killed_at < 3 * 0.5 + 2, "seen as lost within three missed heartbeats"
 
         with worker_process(tmp_path, env):
-            job = wait_v1(url, job_id)
+            job = status()
+            while job["status"] not in ("Completed", "Failed") and time.monotonic() - killed_at < 120:
+                seen.append(job["frames_done"])
+                job = status()
             reference = wait_v1(url, submit("out/uninterrupted.mp4"))
         assert job["status"] == "Completed" and job["frames_done"] == 64 and job["attempts"] == 2
+        assert seen == sorted(seen) and max(seen) > saved, seen  # progress never went backwards
         assert job["resumed_frames"] == saved  # no frame before the last checkpoint was done again
         assert reference["resumed_frames"] == 0
         killed = download(url, "out/killed.mp4", tmp_path / "killed.mp4")

@@ -191,3 +191,70 @@ def test_bury_moves_a_message_to_the_dead_letters_now(backend) -> None:
     queue.bury(msg)
     assert queue.receive(wait_seconds=0.5, visibility=30) is None
     assert {"id": "hopeless"} in queue.dead_letters()
+
+
+def test_frames_done_never_goes_backwards(backend) -> None:
+    """A run that died at frame 330 is resumed from its checkpoint at 250: its reports (from 0 while it decodes
+    past the checkpoint, then 251, ...) and its give-back leave the mark at 330 until it passes it."""
+    store, queue = backend
+    job = submit(store, queue, Job(method="upscale", video="s3://b/v.mp4"))
+    store.transition(job.id, PROCESSING, frames_total=500)
+    store.update(job.id, frames_done=330)
+    store.transition(job.id, PROCESSING, attempts=2)  # the second delivery takes over
+    for done in (25, 250, 251):
+        store.update(job.id, frames_done=done, resumed_frames=250)
+        assert store.get(job.id).frames_done == 330
+    store.transition(job.id, SUBMITTED, frames_done=300)  # given back (SIGTERM) before the mark
+    assert store.get(job.id).frames_done == 330 and store.get(job.id).resumed_frames == 250
+    store.transition(job.id, PROCESSING)
+    store.update(job.id, frames_done=331)
+    assert store.get(job.id).frames_done == 331
+
+
+def test_concurrent_updates_of_one_job_lose_nothing(backend) -> None:
+    """The heartbeat and the progress reports write one row from two threads: each field keeps its last value."""
+    store, queue = backend
+    job = submit(store, queue, Job(method="upscale", video="s3://b/v.mp4"))
+    store.transition(job.id, PROCESSING)
+
+    def beats() -> None:
+        for i in range(15):
+            store.update(job.id, heartbeat_at=1000.0 + i)
+
+    thread = threading.Thread(target=beats)
+    thread.start()
+    for done in range(1, 16):
+        store.update(job.id, frames_done=done)
+    thread.join()
+    final = store.get(job.id)
+    assert final.frames_done == 15 and final.heartbeat_at == 1014.0
+
+
+def test_a_processing_job_whose_worker_stopped_heartbeating_reads_submitted() -> None:
+    job = Job(method="upscale", video="s3://b/v.mp4", status=PROCESSING, attempts=1, started_at=100.0)
+    assert job.as_seen(120.0, 30.0).status == PROCESSING
+    beating = Job.from_dict({**job.to_dict(), "heartbeat_at": 190.0})
+    assert beating.as_seen(200.0, 30.0) is beating
+    lost = beating.as_seen(260.0, 30.0)
+    assert lost.status == SUBMITTED and "stopped 70 s ago (attempt 1)" in str(lost.error)
+    assert Job(method="upscale", video="s3://b/v.mp4").as_seen(1e12, 30.0).status == SUBMITTED
+
+
+def test_an_idempotency_key_is_claimed_once(backend) -> None:
+    """Racing claims of one key: one wins, every claim returns the winner (job id and request fingerprint); the key's
+    row is not readable as a job."""
+    store, _ = backend
+    results: list[tuple[str, str]] = []
+
+    def claim(i: int) -> None:
+        results.append(tuple(store.claim("k1", f"fp{i}", f"job{i}")))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and results[0][0] == "job" + results[0][1].removeprefix("fp")
+    assert tuple(store.claim("k2", "fp", "other")) == ("other", "fp")
+    with pytest.raises(NotFound):
+        store.get("idempotency:k1")

@@ -181,6 +181,9 @@ class Settings:
     video_workers: int = 1
     #: Seconds a received job stays hidden from other workers; a running job's heartbeat renews it every third.
     video_visibility: int = 120
+    #: Seconds between a running job's heartbeats on its row; a job whose last one is older than three of them lost
+    #: its worker and reads Submitted (its message comes back to the queue when the visibility above runs out).
+    video_heartbeat: float = 10.0
     #: Deliveries of one job before it is marked Failed and dead-lettered.
     video_max_receives: int = 3
     #: Frames per checkpointed segment (a killed worker redoes at most this many).

@@ -7,11 +7,14 @@ on its content. A job is written before its message (see :func:`upscaler.jobs.su
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from upscaler.config import Settings
-from upscaler.errors import Conflict, InvalidInput
+from upscaler.errors import Conflict, InvalidInput, NotFound
 from upscaler.jobs import CANCELLED, Job, JobQueue, JobStore, submit
 from upscaler.jobs.model import FINAL
 from upscaler.media.video import VideoEncoding, VideoLimits, probe
@@ -163,8 +166,12 @@ class VideoJobs:
         qp: int | None = None,
         preset: str | None = None,
         target: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
-        """Check a job completely and submit it. ``sizing`` says how min_size/max_size size a downscale (see
+        """Check a job completely and submit it. With an ``idempotency_key`` (the caller's ``Idempotency-Key``,
+        scoped by the caller: see :func:`idempotency_scope`), a second submission with the same key and the same
+        job returns the first one's job instead of running it again, and one with another job is a
+        :class:`Conflict`. ``sizing`` says how min_size/max_size size a downscale (see
         :func:`original_size` and :func:`upscaler.engine.downscale_size`); ``codec``/``crf``/``qp``/``preset``
         choose the output's encoding (see :func:`job_encoding`); a ``target`` (downscale only) chooses scale, codec
         and CRF by measuring the clip instead (``video_upscaler.targeting``), so it takes none of those."""
@@ -213,10 +220,27 @@ class VideoJobs:
             target=target,
             **({} if target else encoding.to_dict()),
         )
-        return submit(self.jobs, self.queue, job)
+        if idempotency_key is None:
+            return submit(self.jobs, self.queue, job)
+        asked = {k: v for k, v in job.to_dict().items() if k not in ("id", "created_at", "updated_at")}
+        fingerprint = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+        job.id, claimed = self.jobs.claim(idempotency_key, fingerprint, job.id)
+        if claimed != fingerprint:
+            raise Conflict("this Idempotency-Key was used for another job request: use a new key for a new job")
+        try:
+            return self.jobs.get(job.id)  # submitted before under this key
+        except NotFound:  # the first (or a racing) submission claimed the key and has not written its job yet
+            pass
+        try:
+            return submit(self.jobs, self.queue, job)
+        except Conflict:  # the racing submission wrote it meanwhile
+            return self.jobs.get(job.id)
 
     def get(self, job_id: str) -> Job:
-        return self.jobs.get(_job_id(job_id))
+        """The job as its readers see it: a ``Processing`` job whose worker stopped heartbeating reads
+        ``Submitted`` (see :meth:`Job.as_seen`)."""
+        job = self.jobs.get(_job_id(job_id))
+        return job.as_seen(time.time(), 3 * self.settings.video_heartbeat)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job that has not finished; the worker running it stops at its next progress report."""
@@ -224,6 +248,14 @@ class VideoJobs:
         if job.status in FINAL:
             raise Conflict(f"job {job.id} is already {job.status}")
         return self.jobs.transition(job.id, CANCELLED, error="cancelled by request")
+
+
+def idempotency_scope(caller: str, key: str) -> str:
+    """The stored form of a caller's ``Idempotency-Key``: one caller's keys never meet another's, and the stored key
+    is a fixed-size hash (any printable ASCII key up to 255 characters is accepted)."""
+    if not (0 < len(key) <= 255) or not key.isascii() or not key.isprintable():
+        raise InvalidInput("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return hashlib.sha256(f"{caller}\n{key}".encode()).hexdigest()
 
 
 def _job_id(job_id: object) -> str:

@@ -60,6 +60,8 @@ class StoreCheckpoints:
 
     def __init__(self, store: ObjectStore, bucket: str, prefix: str, fingerprint: str) -> None:
         self.store, self.bucket, self.prefix, self.fingerprint = store, bucket, prefix, fingerprint
+        #: Frames the valid checkpoints held when the run looked (:meth:`saved`): what it resumes from.
+        self.resumed = 0
 
     def _key(self, index: int) -> str:
         return f"{self.prefix}seg-{index:06d}.mp4"
@@ -75,6 +77,7 @@ class StoreCheckpoints:
                 log.warning("stale checkpoints ignored", extra={"prefix": self.prefix})
                 return counts
             counts.append(int(info.metadata["frames"]))
+            self.resumed = sum(counts)
 
     def save(self, index: int, path: Path, frames: int) -> None:
         metadata = {"frames": str(frames), "fingerprint": self.fingerprint}
@@ -154,13 +157,14 @@ class VideoWorker:
             self.queue.delete(message)  # a second delivery of a finished or cancelled job: nothing to redo
             return
         try:
-            job = self.jobs.transition(job.id, PROCESSING, started_at=time.time(), attempts=job.attempts + 1)
+            now = time.time()
+            job = self.jobs.transition(job.id, PROCESSING, started_at=now, heartbeat_at=now, attempts=job.attempts + 1)
         except Conflict:  # cancelled (or finished by another worker) between the read and the write
             self.queue.delete(message)
             return
         log.info("job started", extra={"job": job.id, "method": job.method, "video": job.video})
         beat = threading.Event()
-        heartbeat = threading.Thread(target=self._heartbeat, args=(message, beat), daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job, message, beat), daemon=True)
         heartbeat.start()
         started = time.perf_counter()
         outcome = "failed"
@@ -228,12 +232,20 @@ class VideoWorker:
         self.queue.release(message)
         return "retried"
 
-    def _heartbeat(self, message: Message, stop: threading.Event) -> None:
-        while not stop.wait(self.visibility / 3):
+    def _heartbeat(self, job: Job, message: Message, stop: threading.Event) -> None:
+        """Every ``video_heartbeat`` seconds the job's row says its worker is alive; every third of the visibility
+        the message's lease is renewed. A worker that dies stops both: readers see the job waiting again, and the
+        queue hands it to another worker when the lease runs out."""
+        interval = min(self.settings.video_heartbeat, self.visibility / 3)
+        renewed = time.monotonic()
+        while not stop.wait(interval):
             try:
-                self.queue.extend(message, self.visibility)
+                if time.monotonic() - renewed >= self.visibility / 3 - interval / 2:
+                    self.queue.extend(message, self.visibility)
+                    renewed = time.monotonic()
+                self.jobs.update(job.id, heartbeat_at=time.time())
             except UpscalerError as exc:
-                log.warning("heartbeat failed", extra={"reason": exc.message})
+                log.warning("heartbeat failed", extra={"job": job.id, "reason": exc.message})
 
     def _checkpoints(self, job: Job, fingerprint: str = "") -> StoreCheckpoints:
         if job.method == "migrate":  # a migration chunk has no segments; its destination bucket stands in
@@ -346,6 +358,7 @@ class VideoWorker:
 
             self.limits.check(info, size)
             last = [time.monotonic()]
+            active: list[StoreCheckpoints] = []
 
             def progress(done: int, total: int | None) -> None:
                 now = time.monotonic()
@@ -354,11 +367,13 @@ class VideoWorker:
                 last[0] = now
                 if self.jobs.get(job.id).status == CANCELLED:
                     raise JobCancelled(job.id)
-                self.jobs.update(job.id, frames_done=done, frames_total=total or info.frames)
+                resumed = active[-1].resumed if active else 0  # frames_done itself never goes back (Job.merged)
+                self.jobs.update(job.id, frames_done=done, frames_total=total or info.frames, resumed_frames=resumed)
 
             def run(encoding: VideoEncoding) -> tuple[TranscodeReport, StoreCheckpoints]:
                 fingerprint = f"{source.etag}:{size[0]}x{size[1]}:{job.model}:{encoding.label()}"
                 checkpoints = self._checkpoints(job, fingerprint)
+                active.append(checkpoints)
                 report = transcode(
                     src,
                     dst,

@@ -1,7 +1,9 @@
 """Video jobs: the record a job store keeps, its states and the transitions allowed between them.
 
 Submitted -> Processing -> Completed | Failed (with a reason) | Cancelled. Processing may go back to Submitted when
-a worker gives a job up (SIGTERM, lost lease) so another picks it up; a finished job never changes again.
+a worker gives a job up (SIGTERM, lost lease) so another picks it up; a finished job never changes again. A worker
+that dies cannot say so: its job reads Submitted once its heartbeats stop (:meth:`Job.as_seen`), and its message
+comes back to the queue when the lease runs out.
 """
 
 from __future__ import annotations
@@ -71,12 +73,16 @@ class Job:
     fidelity: dict[str, Any] | None = None
     #: A migration's record or chunk (upscaler.migrate): its options, keys and each object's state.
     migration: dict[str, Any] | None = None
+    #: The most frames any run of the job reached: it never goes backwards, even when a run that died is resumed
+    #: from an earlier checkpoint (the frames it redoes are counted again only past this mark).
     frames_done: int = 0
-    #: Frames the last run took from checkpoints of an earlier, interrupted run (not done again).
+    #: Frames the current (or last) run took from checkpoints of an earlier, interrupted run (not done again).
     resumed_frames: int = 0
     frames_total: int | None = None
     error: str | None = None
     attempts: int = 0
+    #: When the worker running the job last said it was alive (epoch seconds; None before it started).
+    heartbeat_at: float | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -120,6 +126,25 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def merged(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """This job's fields with ``fields`` applied, as a store writes them: ``frames_done`` only ever grows."""
+        data = {**self.to_dict(), **fields}
+        data["frames_done"] = max(self.frames_done, int(data.get("frames_done") or 0))
+        return data
+
+    def as_seen(self, now: float, stale_after: float) -> Job:
+        """The job as its readers should see it: ``Processing`` only while its worker heartbeats. A job whose last
+        heartbeat is more than ``stale_after`` seconds old lost its worker; it reads ``Submitted`` (waiting for a
+        worker: its message comes back to the queue when the worker's lease ends) with the reason in ``error``."""
+        beat = self.heartbeat_at or self.started_at
+        if self.status != PROCESSING or beat is None or now - beat <= stale_after:
+            return self
+        return dataclasses.replace(
+            self,
+            status=SUBMITTED,
+            error=f"its worker stopped {now - beat:.0f} s ago (attempt {self.attempts}); queued for another attempt",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -170,6 +195,7 @@ class Job:
             "resumed_frames": self.resumed_frames,
             "error": self.error,
             "attempts": self.attempts,
+            "heartbeat_at": self.heartbeat_at,
             **self.outcome(),
             "timings": {
                 "created_at": self.created_at,

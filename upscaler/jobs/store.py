@@ -7,6 +7,7 @@ from), so two workers handling the same message cannot both finish a job, and a 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -17,6 +18,8 @@ from upscaler.aws import LazyClient, deadline_config
 from upscaler.errors import Conflict, NotFound, Unavailable
 from upscaler.jobs.model import FINAL, TRANSITIONS, Job
 from upscaler.jobs.sqlite import SqliteFile
+
+log = logging.getLogger(__name__)
 
 
 class JobStore(ABC):
@@ -41,6 +44,12 @@ class JobStore(ABC):
     def ping(self) -> None:
         """Raise :class:`Unavailable` when the store cannot be used."""
 
+    @abstractmethod
+    def claim(self, key: str, fingerprint: str, job_id: str) -> tuple[str, str]:
+        """Record that the idempotency ``key`` names ``job_id``, submitted by a request whose options hash to
+        ``fingerprint``, unless the key is recorded already (atomically: one of two racing claims wins). Returns
+        what the key names now: (job id, fingerprint)."""
+
 
 class SqliteJobStore(JobStore):
     """One SQLite file (WAL mode), shared by the API and local workers, even across processes."""
@@ -52,6 +61,10 @@ class SqliteJobStore(JobStore):
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
                 "body TEXT NOT NULL, updated_at REAL NOT NULL)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, "
+                "fingerprint TEXT NOT NULL, created_at REAL NOT NULL)"
             )
 
     def _conn(self) -> sqlite3.Connection:
@@ -80,8 +93,7 @@ class SqliteJobStore(JobStore):
             job = self.get(job_id)
             if new_status not in TRANSITIONS[job.status]:
                 raise Conflict(f"job {job_id} is {job.status}; it cannot become {new_status}")
-            data = {**job.to_dict(), **fields, "status": new_status, "updated_at": time.time()}
-            job = Job.from_dict(data)
+            job = Job.from_dict({**job.merged(fields), "status": new_status, "updated_at": time.time()})
             conn.execute(
                 "UPDATE jobs SET status = ?, body = ?, updated_at = ? WHERE id = ?",
                 (job.status, json.dumps(job.to_dict()), job.updated_at, job_id),
@@ -98,7 +110,7 @@ class SqliteJobStore(JobStore):
         try:
             job = self.get(job_id)
             if job.status not in FINAL:
-                data = {**job.to_dict(), **fields, "updated_at": time.time()}
+                data = {**job.merged(fields), "updated_at": time.time()}
                 conn.execute(
                     "UPDATE jobs SET body = ?, updated_at = ? WHERE id = ?",
                     (json.dumps(data), data["updated_at"], job_id),
@@ -107,6 +119,14 @@ class SqliteJobStore(JobStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def claim(self, key: str, fingerprint: str, job_id: str) -> tuple[str, str]:
+        conn = self._conn()
+        conn.execute(
+            "INSERT OR IGNORE INTO idempotency (key, job_id, fingerprint, created_at) VALUES (?, ?, ?, ?)",
+            (key, job_id, fingerprint, time.time()),
+        )
+        return conn.execute("SELECT job_id, fingerprint FROM idempotency WHERE key = ?", (key,)).fetchone()
 
     def ping(self) -> None:
         try:
@@ -181,7 +201,7 @@ class DynamoJobStore(JobStore):
 
     def get(self, job_id: str) -> Job:
         resp = self._call(self.client.get_item, TableName=self.table, Key={"id": {"S": job_id}}, ConsistentRead=True)
-        if "Item" not in resp:
+        if "body" not in resp.get("Item", {}):  # none, or an idempotency key's row (see claim)
             raise NotFound(f"no job {job_id!r}")
         return Job.from_dict(json.loads(resp["Item"]["body"]["S"]))
 
@@ -190,37 +210,50 @@ class DynamoJobStore(JobStore):
             job = self.get(job_id)
             if new_status not in TRANSITIONS[job.status]:
                 raise Conflict(f"job {job_id} is {job.status}; it cannot become {new_status}")
-            new = Job.from_dict({**job.to_dict(), **fields, "status": new_status, "updated_at": time.time()})
-            try:
-                self._call(
-                    self.client.put_item,
-                    TableName=self.table,
-                    Item=self._item(new),
-                    ConditionExpression="#s = :s AND #b = :b",
-                    ExpressionAttributeNames={"#s": "status", "#b": "body"},
-                    ExpressionAttributeValues={":s": {"S": job.status}, ":b": {"S": json.dumps(job.to_dict())}},
-                )
+            new = Job.from_dict({**job.merged(fields), "status": new_status, "updated_at": time.time()})
+            if self._replace(job, new):
                 return new
-            except Conflict:
-                continue
         raise Unavailable(f"job {job_id} keeps changing; transition to {new_status} not applied", retry_after=1)
 
     def update(self, job_id: str, **fields: Any) -> None:
-        job = self.get(job_id)
-        if job.status in FINAL:
-            return
-        new = Job.from_dict({**job.to_dict(), **fields, "updated_at": time.time()})
+        for _ in range(8):  # the heartbeat and the progress reports of one job write concurrently: none is lost
+            job = self.get(job_id)
+            if job.status in FINAL:
+                return  # finished or cancelled: progress no longer matters
+            if self._replace(job, Job.from_dict({**job.merged(fields), "updated_at": time.time()})):
+                return
+        log.warning("job progress not recorded: the row kept changing", extra={"job": job_id})
+
+    def _replace(self, old: Job, new: Job) -> bool:
+        """Write ``new`` if the row is still ``old`` exactly (optimistic concurrency); False if it changed."""
         try:
             self._call(
                 self.client.put_item,
                 TableName=self.table,
                 Item=self._item(new),
-                ConditionExpression="#s = :s",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":s": {"S": job.status}},
+                ConditionExpression="#s = :s AND #b = :b",
+                ExpressionAttributeNames={"#s": "status", "#b": "body"},
+                ExpressionAttributeValues={":s": {"S": old.status}, ":b": {"S": json.dumps(old.to_dict())}},
             )
         except Conflict:
-            return  # the job finished or was cancelled meanwhile: progress no longer matters
+            return False
+        return True
+
+    def claim(self, key: str, fingerprint: str, job_id: str) -> tuple[str, str]:
+        """The key is a row of the jobs table (``id`` = ``idempotency:<key>``, no ``body``), kept as long as a
+        finished job (its ``expires_at``)."""
+        row = {"id": {"S": f"idempotency:{key}"}}
+        item = {**row, "job_id": {"S": job_id}, "fingerprint": {"S": fingerprint}}
+        if self.retention_seconds > 0:
+            item[self.TTL_ATTRIBUTE] = {"N": str(int(time.time() + self.retention_seconds))}
+        try:
+            self._call(
+                self.client.put_item, TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(id)"
+            )
+            return job_id, fingerprint
+        except Conflict:
+            got = self._call(self.client.get_item, TableName=self.table, Key=row, ConsistentRead=True)["Item"]
+            return got["job_id"]["S"], got["fingerprint"]["S"]
 
     def ping(self) -> None:
         self._call(self.client.describe_table, TableName=self.table)
