@@ -37,7 +37,7 @@ def _source_bytes(body: dict) -> bytes:
     assert url is not None
     if url.startswith("s3://"):
         bucket, key = sources.parse_s3_url(url)
-        return svc.store.get(allowed("read", bucket, key), key).data
+        return svc.source_image(allowed("read", bucket, key), key)  # one this service stored: its original
     return sources.fetch_url(url, svc.settings, svc.settings.max_image_bytes)
 
 

@@ -21,14 +21,22 @@ from PIL import Image
 from api.responses import install_redactor, job_answer, path_pattern
 from tests.servers import UPSCALER, api_server, free_port
 from upscaler.config import Settings
+from upscaler.store.local import LocalFolderStore
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with api_server(tmp_path_factory.mktemp("inputs"), {"UPSCALER_VIDEO_WORKERS": "0"}) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The real server's URL and its working folder (its local store is ``data/objects`` there)."""
+    work = tmp_path_factory.mktemp("inputs")
+    with api_server(work, {"UPSCALER_VIDEO_WORKERS": "0"}) as url:
+        yield url, work
+
+
+@pytest.fixture(scope="module")
+def api(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +166,35 @@ def test_server_paths_are_redacted_and_keys_are_not() -> None:
     with app.app_context():  # a worker's reason for a failed job is redacted where the API shows the job
         job = job_answer({"id": "j", "error": "cannot decode /scratch/v/job-1/in.mp4: EOF", "status": "Failed"})
         assert job == {"id": "j", "error": "cannot decode <server path>: EOF", "status": "Failed"}
+
+
+def test_an_s3_source_naming_a_stored_object_is_restored_first(served: tuple[str, Path]) -> None:
+    """Smaller defect: ``{"url": "s3://media/<key this service stored>"}`` read the stored (downscaled AVIF) bytes
+    as if they were an original, so the copy was a quarter of the size. It is restored first, as GET gives it."""
+    api, work = served
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buf, "PNG")
+    assert (
+        requests.put(api + "/v1/images/src/orig.png", data=buf.getvalue(), verify=False, timeout=60).status_code == 201
+    )
+    body = {"url": "s3://media/src/orig.png", "model": "bicubic"}
+    copy = requests.post(api + "/v1/images/src/copy.png", json=body, verify=False, timeout=60)
+    assert copy.status_code == 201, copy.text
+    assert (copy.json()["original"]["width"], copy.json()["original"]["height"]) == (64, 48), copy.json()
+    assert copy.json()["original"]["format"] == "PNG"
+    up = requests.post(api + "/v1/upscale", json={**body, "scale": 2}, verify=False, timeout=60)
+    assert up.status_code == 200 and (up.json()["width"], up.json()["height"]) == (128, 96), up.text
+    # an object of the service whose record cannot be read: a clear 409, never its stored bytes as a source
+    store = LocalFolderStore(work / "data" / "objects")
+    store.put("media", "src/broken.png", buf.getvalue(), metadata={"record_version": "2"}, content_type="image/png")
+    broken = requests.post(
+        api + "/v1/images/src/copy2.png", json={"url": "s3://media/src/broken.png"}, verify=False, timeout=60
+    )
+    assert broken.status_code == 409 and "record cannot be read" in broken.json()["error"], broken.text
+    store.put("media", "src/plain.png", buf.getvalue(), metadata={}, content_type="image/png")
+    plain = {"url": "s3://media/src/plain.png", "model": "bicubic", "scale": 2}
+    foreign = requests.post(api + "/v1/upscale", json=plain, verify=False, timeout=60)
+    assert foreign.status_code == 200 and foreign.json()["width"] == 128, foreign.text  # no record: an original
 
 
 def _serve_public(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str] | None:

@@ -33,7 +33,7 @@ See :mod:`.reading`, :mod:`.stored` and :mod:`.restoring` for the details.
 
 from upscaler.media.formats import FORMATS, FormatInfo, content_type_for, extension_for, normalize_format, sniff
 from upscaler.media.reading import SUPPORTED_MODES, Decoded, DecodeLimits, decode, estimate_jpeg_quality
-from upscaler.media.record import RECORD_VERSION, ImageRecord, InvalidRecord
+from upscaler.media.record import RECORD_MARKER, RECORD_VERSION, ImageRecord, InvalidRecord
 from upscaler.media.restoring import encode_restored, target_mode
 from upscaler.media.stored import (
     LOSSLESS_CODECS,
@@ -48,6 +48,7 @@ from upscaler.media.stored import (
 __all__ = [
     "FORMATS",
     "LOSSLESS_CODECS",
+    "RECORD_MARKER",
     "RECORD_VERSION",
     "STORED_CODECS",
     "SUPPORTED_MODES",

@@ -21,6 +21,8 @@ from upscaler.errors import UndecodableImage
 from upscaler.media.formats import FORMATS
 
 RECORD_VERSION = 2
+#: The metadata entry every record carries: an object that has it was stored by this service (a downscaled form).
+RECORD_MARKER = "record_version"
 
 
 class InvalidRecord(UndecodableImage):
@@ -91,7 +93,7 @@ class ImageRecord:
     # ---- serialisation ---------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, str]:
         """A flat ``str -> str`` map that :meth:`from_metadata` turns back into an equal record."""
-        out = {"record_version": str(RECORD_VERSION)}
+        out = {RECORD_MARKER: str(RECORD_VERSION)}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -101,9 +103,9 @@ class ImageRecord:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ImageRecord:
         """Parse :meth:`to_metadata`'s map; :class:`InvalidRecord` when it is missing or malformed."""
-        if not isinstance(metadata, dict) or "record_version" not in metadata:
+        if not isinstance(metadata, dict) or RECORD_MARKER not in metadata:
             raise InvalidRecord("the stored object has no image record (was it written by this service?)")
-        version = str(metadata["record_version"])
+        version = str(metadata[RECORD_MARKER])
         if version == "1":
             return _from_v1(metadata)
         values: dict[str, Any] = {}
