@@ -22,7 +22,7 @@ from upscaler.engine import Engine, downscale_size
 from upscaler.errors import Conflict, Forbidden, InvalidInput, UndecodableImage
 from upscaler.providers import UpscaleProvider
 from upscaler.quality import Decision, Target, choose_form
-from upscaler.store import ObjectStore, StoredObject
+from upscaler.store import ObjectStore
 from upscaler.store.keys import validate_bucket, validate_key
 
 log = logging.getLogger(__name__)
@@ -264,46 +264,10 @@ class S3CommonUpscaler:
     ) -> RetrieveResult:
         """Read ``bucket``/``key`` and upscale it to the original size (or the stored size times ``scale``),
         in the original format (or ``format``)."""
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         obj = self.store.get(self.bucket(bucket), validate_key(key))
         record = media.ImageRecord.from_metadata(obj.metadata)
-        return self._restore(
-            obj, record, t0, format=format, quality=quality, scale=scale, model=model, endpoint=endpoint
-        )
-
-    def source_image(self, bucket: str | None, key: str) -> bytes:
-        """The image at ``bucket``/``key`` taken as a source (an ``s3://`` URL of the /v1 API): an object this service
-        stored holds a downscaled form, so it is restored first and its original comes back, as a retrieval gives
-        it; any other object is read as it is. Never the stored bytes as if they were an original."""
-        t0 = time.perf_counter()
-        name = self.bucket(bucket)
-        obj = self.store.get(name, validate_key(key))
-        if media.RECORD_MARKER not in obj.metadata:
-            return obj.data
-        try:
-            record = media.ImageRecord.from_metadata(obj.metadata)
-        except media.InvalidRecord:
-            raise Conflict(
-                f"s3://{name}/{key} was stored by this service but its record cannot be read, so its original "
-                "cannot be restored; its stored bytes are a downscaled form, not a source"
-            ) from None
-        return self._restore(obj, record, t0).data
-
-    def _restore(
-        self,
-        obj: StoredObject,
-        record: media.ImageRecord,
-        t0: float,
-        *,
-        format: str | None = None,
-        quality: int | None = None,
-        scale: float | None = None,
-        model: str | None = None,
-        endpoint: str | None = None,
-    ) -> RetrieveResult:
-        """``obj`` (read at ``t0``) upscaled to the original size (or the stored size times ``scale``), in the
-        original format (or ``format``)."""
-        timings: dict[str, float] = {}
         size = _output_size(record, scale)
         stored, stored_type = obj.data, obj.content_type
         if record.stored_codec == "jxl-jpeg":  # the original JPEG recompressed: reconstructed byte for byte
@@ -325,6 +289,23 @@ class S3CommonUpscaler:
             data, content_type = media.encode_restored(big, record, format=format, quality=quality)
             timings["encode"] = time.perf_counter() - t2
         return RetrieveResult(data, content_type, record, size[0], size[1], timings)
+
+    def source_image(self, bucket: str | None, key: str) -> bytes:
+        """The image at ``bucket``/``key`` taken as a source (an ``s3://`` URL of the /v1 API): an object this service
+        stored holds a downscaled form, so it is restored first and its original comes back, as a retrieval gives
+        it; any other object is read as it is. Never the stored bytes as if they were an original."""
+        name = self.bucket(bucket)
+        metadata = self.store.head(name, validate_key(key)).metadata
+        if media.RECORD_MARKER not in metadata:
+            return self.store.get(name, key).data
+        try:
+            media.ImageRecord.from_metadata(metadata)
+        except media.InvalidRecord:
+            raise Conflict(
+                f"s3://{name}/{key} was stored by this service but its record cannot be read, so its original "
+                "cannot be restored; its stored bytes are a downscaled form, not a source"
+            ) from None
+        return self.retrieve_image(bucket=name, key=key).data
 
     def retrieval_head(
         self,
