@@ -78,6 +78,14 @@ class UndecodableImage(UpscalerError):
     code = "undecodable"
 
 
+class Cancelled(UpscalerError):
+    """The work stopped because nobody wants its result any more: the client went away, the job was cancelled.
+    Status 499 (nginx's "client closed request"): logged, never read by the one who left."""
+
+    status = 499
+    code = "cancelled"
+
+
 class Busy(UpscalerError):
     status = 429
     code = "busy"

@@ -10,7 +10,7 @@
 * A job that can never succeed (bad input: undecodable video, missing object, over a limit) is marked Failed with
   its reason and its message moved to the dead-letter queue at once. Any other failure gives the message back for
   a retry; on the last allowed receive the job is marked Failed and the message buried, so a poison job never loops.
-* A job cancelled through the API stops at its next progress report.
+* A job cancelled through the API stops at the next tile of the frame in progress (the heartbeat reads its state).
 * Outputs go where the original wrote them (``<key-without-ext>-downscaled.mp4`` / ``-upscaled.mp4``) unless the job
   names another key; a downscaled video records its original size in the object metadata so the upscale restores
   it exactly.
@@ -23,6 +23,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,7 +31,8 @@ import numpy as np
 
 from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
-from upscaler.errors import Conflict, NotFound, UpscalerError
+from upscaler.engine.tiling import cancel_when
+from upscaler.errors import Cancelled, Conflict, NotFound, UpscalerError
 from upscaler.jobs import CANCELLED, COMPLETED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore, Message
 from upscaler.jobs.model import FINAL
 from upscaler.media.video import VideoEncoding, VideoInfo, probe
@@ -109,6 +111,7 @@ class VideoWorker:
         self.visibility = self.settings.video_visibility
         self.max_receives = self.settings.video_max_receives
         self.limits = video_limits(self.settings)
+        self.cancelled = threading.Event()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VideoWorker:
@@ -164,6 +167,7 @@ class VideoWorker:
             return
         log.info("job started", extra={"job": job.id, "method": job.method, "video": job.video})
         beat = threading.Event()
+        self.cancelled = threading.Event()  # set by the heartbeat or a progress report: the job was cancelled
         heartbeat = threading.Thread(target=self._heartbeat, args=(job, message, beat), daemon=True)
         heartbeat.start()
         started = time.perf_counter()
@@ -190,7 +194,7 @@ class VideoWorker:
         except Interrupted as exc:
             self._give_back(job, message, exc.frames_done)
             outcome = "interrupted"
-        except JobCancelled:
+        except (JobCancelled, Cancelled):
             self.queue.delete(message)
             self._checkpoints(job).clear()
             outcome = "cancelled"
@@ -244,8 +248,21 @@ class VideoWorker:
                     self.queue.extend(message, self.visibility)
                     renewed = time.monotonic()
                 self.jobs.update(job.id, heartbeat_at=time.time())
+                if self.jobs.get(job.id).status == CANCELLED:
+                    self.cancelled.set()  # the frame in progress stops at its next tile
             except UpscalerError as exc:
                 log.warning("heartbeat failed", extra={"job": job.id, "reason": exc.message})
+
+    def _cancellable(self, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """``fn`` stopping at its next tile (:class:`Cancelled`) once the job is cancelled, on whichever thread of
+        the pipeline it runs."""
+        cancelled = self.cancelled
+
+        def guarded(rgb: np.ndarray) -> np.ndarray:
+            with cancel_when(cancelled.is_set):
+                return fn(rgb)
+
+        return guarded
 
     def _checkpoints(self, job: Job, fingerprint: str = "") -> StoreCheckpoints:
         if job.method == "migrate":  # a migration chunk has no segments; its destination bucket stands in
@@ -366,6 +383,7 @@ class VideoWorker:
                     return
                 last[0] = now
                 if self.jobs.get(job.id).status == CANCELLED:
+                    self.cancelled.set()
                     raise JobCancelled(job.id)
                 resumed = active[-1].resumed if active else 0  # frames_done itself never goes back (Job.merged)
                 self.jobs.update(job.id, frames_done=done, frames_total=total or info.frames, resumed_frames=resumed)
@@ -377,7 +395,7 @@ class VideoWorker:
                 report = transcode(
                     src,
                     dst,
-                    fn,
+                    self._cancellable(fn),
                     size=size,
                     max_workers=max(1, job.max_workers),
                     encoding=encoding,

@@ -14,14 +14,62 @@ weight.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
 
+from upscaler.errors import Cancelled
+
 TileFn = Callable[[np.ndarray], np.ndarray]
 BatchFn = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+log = logging.getLogger(__name__)
+
+#: Says whether the work in progress is no longer wanted (its client went away, its job was cancelled); asked
+#: before every tile (or batch) starts. Set with :func:`cancel_when`; None: nothing cancels.
+_CANCEL: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("upscaler_cancel", default=None)
+
+
+@contextlib.contextmanager
+def cancel_when(check: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, :func:`apply` on this thread (and the tiles it hands to its pool) stops at the next tile
+    boundary once ``check()`` is true, raising :class:`Cancelled`: a tile already running finishes, no other
+    starts."""
+    token = _CANCEL.set(check)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+def _cancellable(fn: TileFn, batch_fn: BatchFn | None) -> tuple[TileFn, BatchFn | None]:
+    """``fn`` and ``batch_fn`` asking the caller's cancel check (read here, on the caller's thread) first."""
+    check = _CANCEL.get()
+    if check is None:
+        return fn, batch_fn
+    started = [0]
+
+    def stop_if_cancelled() -> None:
+        if check():
+            log.info("upscale cancelled at a tile boundary", extra={"tiles_started": started[0]})
+            raise Cancelled(f"cancelled after {started[0]} tiles: the work is no longer wanted")
+        started[0] += 1
+
+    def one(tile: np.ndarray) -> np.ndarray:
+        stop_if_cancelled()
+        return fn(tile)
+
+    def many(tiles: list[np.ndarray]) -> list[np.ndarray]:
+        stop_if_cancelled()
+        assert batch_fn is not None
+        return batch_fn(tiles)
+
+    return one, (many if batch_fn is not None else None)
 
 
 @dataclass(frozen=True)
@@ -112,6 +160,7 @@ def apply(
     """
     if scale < 1 or int(scale) != scale:
         raise ValueError(f"tiling needs an integer scale, got {scale}")
+    fn, batch_fn = _cancellable(fn, batch_fn)
     height, width, channels = image.shape
     if height <= tile and width <= tile:
         return _checked(fn(image), image.shape, scale)
