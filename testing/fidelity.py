@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -298,3 +299,50 @@ def mean(values: Iterable[float]) -> float:
 def median(values: Iterable[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.median(finite)) if finite else math.nan
+
+
+# ---- videos ----------------------------------------------------------------------------------------------------
+
+
+def sample_indices(frames: int, count: int) -> list[int]:
+    """``count`` frame numbers spread evenly over ``frames`` (first and last included; all when there are fewer)."""
+    if frames <= count:
+        return list(range(frames))
+    return sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)}) if count > 1 else [frames // 2]
+
+
+def _packets(path: str | Path) -> int:
+    """Frames of ``path``'s first video stream, counted from its packets (nothing decoded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+
+
+def _frames_at(path: str | Path, indices: list[int]) -> tuple[list[np.ndarray], int]:
+    """The RGB frames of ``path``'s first video stream at ``indices`` (decode order), and how many frames it has."""
+    import av
+
+    wanted, out, count = set(indices), [], 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for count, frame in enumerate(container.decode(stream), 1):
+            if count - 1 in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+    return out, count
+
+
+def score_video(source: str | Path, restored: str | Path, samples: int, crop_border: int = 0) -> tuple[Scores, int]:
+    """Score ``restored`` against ``source`` (same size, same frames) on ``samples`` frames spread over the clip:
+    the mean of each frame's :func:`score` (PSNR ``inf`` counted as :data:`PSNR_CAP` unless every frame is
+    identical), and the number of frames. Raises ValueError when the frame counts or sizes differ."""
+    indices = sample_indices(_packets(source), samples)
+    reference, count = _frames_at(source, indices)
+    back, back_count = _frames_at(restored, indices)
+    if back_count != count:
+        raise ValueError(f"the restored video has {back_count} frames, its source {count}")
+    scores = [score(a, b, crop_border) for a, b in zip(reference, back, strict=True)]
+    psnrs = [s.psnr_y for s in scores]
+    psnr_y = math.inf if all(math.isinf(p) for p in psnrs) else mean(capped(p) for p in psnrs)
+    return Scores(psnr_y, mean(s.ssim_y for s in scores), mean(s.orb for s in scores)), count

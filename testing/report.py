@@ -1,4 +1,4 @@
-"""The test bench's results: per-image rows, the terminal summary, and a self-contained HTML report.
+"""The test bench's results: per-image (and per-video) rows, the terminal summary, and a self-contained HTML report.
 
 The HTML page needs nothing but itself: plots are inline SVG drawn here, crops are PNG data URIs, the style sheet
 is inline and uses the system's fonts. Open it from the results folder, mail it, attach it to a ticket.
@@ -73,6 +73,18 @@ class ImageResult:
     store_s: float | None = None
     retrieve_s: float | None = None
     bicubic_s: float | None = None
+    #: "image", or "video": stored by a downscale job, given back by an upscale job (store_s / retrieve_s: upload +
+    #: downscale job / upscale job + download); its bpp is per frame, its scores the mean over sampled frames.
+    kind: str = "image"
+    frames: int | None = None
+    #: Video: the stored video's frame size (WxH) and its rate control ("crf" or "qp", stored_quality its value).
+    stored_size: str = ""
+    rate_control: str = ""
+    #: With a quality target: the target, and the fidelity the service measured for it (image: its decision; video:
+    #: the job's check of the whole stored clip on its sample frames) and whether it met the target.
+    target: str = ""
+    target_fidelity: float | None = None
+    target_met: bool | None = None
     #: Short name in the report (the path relative to the images' common folder); not in the CSV.
     label: str = field(default="", repr=False)
     #: PNG crops (label -> bytes) for the report; never written to the CSV.
@@ -88,9 +100,12 @@ class ImageResult:
 
 
 def stored_form(result: ImageResult) -> str:
-    """``x4 avif q80``; lossless codecs and the original file have no quality."""
+    """``x4 avif q80``; lossless codecs and the original file have no quality; a video ``x4 av1 crf 30``."""
     if result.scale is None:
         return ""
+    if result.kind == "video":
+        rate = f" {result.rate_control} {result.stored_quality}" if result.rate_control else ""
+        return f"x{result.scale:g} {result.stored_codec}{rate}"
     lossless = result.stored_codec in ("png", "png16", "webp-lossless", "original")
     return f"x{result.scale:g} {result.stored_codec}" + ("" if lossless else f" q{result.stored_quality}")
 
@@ -229,8 +244,93 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def images_of(results: Iterable[ImageResult]) -> list[ImageResult]:
+    return [r for r in results if r.kind != "video"]
+
+
+def videos_of(results: Iterable[ImageResult]) -> list[ImageResult]:
+    return [r for r in results if r.kind == "video"]
+
+
+VIDEO_HEADERS = [
+    "video",
+    "size",
+    "frames",
+    "source B",
+    "stored B",
+    "saved %",
+    "bpp/frame",
+    "stored as",
+    "target",
+    "service fidelity",
+    "PSNR-Y",
+    "SSIM-Y",
+    "orb_sim",
+    "store s",
+    "retrieve s",
+]
+
+
+def _fidelity_cell(r: ImageResult) -> str:
+    """The fidelity the service measured for the target, and whether it met it."""
+    if not r.target:
+        return "-"
+    met = "" if r.target_met is None else (" met" if r.target_met else " MISSED")
+    return f"{_num(r.target_fidelity, 4 if r.target.startswith('ssim') else 2)}{met}"
+
+
+def video_row(r: ImageResult) -> list[str]:
+    """One video's cells, in :data:`VIDEO_HEADERS`' order."""
+
+    def count(value: int | None) -> str:
+        return f"{value:,}" if value is not None else "-"
+
+    return [
+        r.name,
+        f"{r.width}x{r.height}" if r.width else "-",
+        count(r.frames),
+        count(r.original_bytes),
+        count(r.stored_bytes),
+        _num(r.saved_percent, 1),
+        _num(r.bpp, 4),
+        stored_form(r) + (f" ({r.stored_size})" if r.stored_size else "") or "-",
+        r.target or "-",
+        _fidelity_cell(r),
+        _num(r.psnr_y),
+        _num(r.ssim_y, 4),
+        _num(r.orb_sim, 3),
+        _num(r.store_s, 1),
+        _num(r.retrieve_s, 1),
+    ]
+
+
+def video_totals(videos: Sequence[ImageResult]) -> str:
+    """Bytes stored against the sources' over every measured video."""
+    ok = [r for r in videos if r.ok and r.original_bytes and r.stored_bytes is not None]
+    source, stored = sum(r.original_bytes or 0 for r in ok), sum(r.stored_bytes or 0 for r in ok)
+    if not source:
+        return "No video was measured."
+    met = [r for r in ok if r.target]
+    targets = f"; {sum(1 for r in met if r.target_met)} of {len(met)} met their target" if met else ""
+    return (
+        f"{len(ok)} video(s): {stored:,} bytes stored for {source:,} bytes of source files "
+        f"({100 * (1 - stored / source):.1f} % saved){targets}."
+    )
+
+
+VIDEO_NOTE = (
+    "Videos: stored by a downscale job (the sizes, codec and rate control the service chose, or a target's choice), "
+    "then given back at full size by an upscale job and downloaded. PSNR-Y/SSIM-Y/orb_sim: the bench's own "
+    "measurement of that download against the source, mean over sampled frames (BasicSR, crop = scale); service "
+    "fidelity: the target's metric as the job measured it on its sample frames of the stored clip, restored. "
+    "bpp/frame = stored bits / (width x height x frames); store s = upload + downscale job, retrieve s = upscale "
+    "job + download."
+)
+
+
 def terminal_summary(results: Sequence[ImageResult], info: dict[str, Any]) -> str:
     """The summary printed at the end of a run (plain text)."""
+    results, videos = images_of(results), videos_of(results)
     s = summarize(results)
     model = info.get("model_label", "model")
     full = info.get("full_label", "full-size AVIF")
@@ -256,7 +356,11 @@ def terminal_summary(results: Sequence[ImageResult], info: dict[str, Any]) -> st
             )
         if s.unreachable:
             lines.append(unreachable_note(s.unreachable, full))
-    failures = [r for r in results if not r.ok]
+    if videos:
+        failed = sum(1 for r in videos if not r.ok)
+        lines += ["", f"{len(videos) - failed} video(s) measured, {failed} failed. {VIDEO_NOTE}"]
+        lines += [text_table(VIDEO_HEADERS, [video_row(r) for r in videos if r.ok]), video_totals(videos)]
+    failures = [r for r in [*results, *videos] if not r.ok]
     for r in failures[:10]:
         lines.append(f"FAILED {r.path}: {r.error}")
     if len(failures) > 10:
@@ -722,6 +826,26 @@ def _images_table(results: Sequence[ImageResult]) -> str:
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
 
+def _videos_section(videos: Sequence[ImageResult]) -> str:
+    """Every video: bytes, saved %, the stored form, the target and its fidelity, the bench's scores, times."""
+    if not videos:
+        return ""
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VIDEO_HEADERS) + "<th>error</th></tr>"
+    rows = []
+    for r in videos:
+        cls = "" if r.ok else ' class="failed"'
+        cells = [html.escape(c) for c in video_row(r)]
+        first, rest = cells[0], "".join(f"<td>{c}</td>" for c in cells[1:])
+        met = "" if r.target_met is None else (' class="win"' if r.target_met else ' class="lose"')
+        rest = rest.replace(f"<td>{cells[9]}</td>", f"<td{met}>{cells[9]}</td>", 1)
+        error = f'<td class="err" title="{html.escape(r.error)}">{html.escape(r.error)}</td>'
+        rows.append(f"<tr{cls}><td>{first}</td>{rest}{error}</tr>")
+    return (
+        f"<h2>Videos ({len(videos)})</h2><p>{html.escape(VIDEO_NOTE)}</p>"
+        f'<div class="scroll"><table>{head}{"".join(rows)}</table></div><p>{html.escape(video_totals(videos))}</p>'
+    )
+
+
 def _failures(results: Sequence[ImageResult]) -> str:
     failed = [r for r in results if not r.ok]
     if not failed:
@@ -735,10 +859,13 @@ def _failures(results: Sequence[ImageResult]) -> str:
 
 def write_html(path: Path, results: Sequence[ImageResult], keeper: CropKeeper, info: dict[str, Any]) -> Path:
     """Write the self-contained report page to ``path``."""
+    everything, results, videos = results, images_of(results), videos_of(results)
     s = summarize(results)
+    failed = sum(1 for r in videos if not r.ok)
+    s_videos = f" · {len(videos) - failed} video(s) measured, {failed} failed" if videos else ""
     model, full = html.escape(info.get("model_label", "model")), html.escape(info.get("full_label", "full-size AVIF"))
     meta = (
-        f"{s.measured} image(s) measured, {s.failed} failed · {html.escape(info.get('started', ''))} · "
+        f"{s.measured} image(s) measured, {s.failed} failed{s_videos} · {html.escape(info.get('started', ''))} · "
         f"{html.escape(info.get('url', ''))} ({html.escape(info.get('api', ''))} routes) · "
         f"stored as: {html.escape(info.get('store_label', ''))} · {info.get('workers', 1)} worker(s), "
         f"{info.get('seconds', 0):.1f} s"
@@ -767,7 +894,7 @@ def write_html(path: Path, results: Sequence[ImageResult], keeper: CropKeeper, i
 <div class="note">{how_to_read}</div>
 <h2>Summary</h2>
 {_summary_table(results, info)}
-{_failures(results)}
+{_failures(everything)}
 <h2>Plots</h2>
 <p>Hover a point or bar for the image and its values.</p>
 {_plots(results, info)}
@@ -775,8 +902,10 @@ def write_html(path: Path, results: Sequence[ImageResult], keeper: CropKeeper, i
 {_crops_section(keeper, info)}
 <h2>Every image</h2>
 {_images_table(results)}
+{_videos_section(videos)}
 <p class="meta">Files: <code>testResults.csv</code> (first columns as the original bench: path, destPath,
-testResults = orb_sim as a percentage), the restored images beside this page.</p>
+testResults = orb_sim as a percentage; a row per image and per video, <code>kind</code> says which), the restored
+images and videos beside this page.</p>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

@@ -16,7 +16,16 @@ whose first columns are the original's: path, destPath, testResults (orb_sim as 
   * stored vs. original bytes (savings %), bits per pixel (stored bytes * 8 / original pixels), store and
     retrieve times, and the model and stored form used.
 
-A failing image (unreadable, refused by the service, ...) is recorded in the CSV with its error; the run goes on.
+A video in the CSV (by its extension: .mp4 .mov .m4v .mkv .webm .avi) is uploaded (PUT /v1/videos), stored by a
+downscale job (/storeVideo, or /v1/jobs with --api v1; --target, --video-codec, --video-crf), waited for, then given
+back by an upscale job and downloaded (as .mp4) beside the images. Its row has kind=video: source and stored bytes,
+saved %, bits per pixel per frame, the stored size, codec and CRF, the target and the fidelity the job measured for
+it (met or not), the bench's own PSNR-Y/SSIM-Y/orb_sim of the download on --video-samples frames spread over the
+clip, and the time of each job. The report lists the videos in a table of their own (no bicubic or full-size
+baseline for videos: benchmarks/bench_video.py --storage measures those).
+
+A failing image or video (unreadable, refused by the service, a failed job, ...) is recorded in the CSV with its
+error; the run goes on.
 At the end: report.html (self-contained: summary table, plots, side-by-side crops of the worst and best images)
 in the same folder, and a summary on the terminal. Exit status: 0 when every image was measured, 1 when some
 failed, 2 when nothing could run (no images, service unreachable).
@@ -39,6 +48,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import math
 import os
 import threading
 import time
@@ -51,8 +61,9 @@ from client.sdk import DEFAULT_URL, UpscalerClient
 from client.sdk import UpscalerError as ClientError
 from testing import fidelity, report
 from testing.report import ImageResult
-from testing.testHelp import read_csv
+from testing.testHelp import is_video, read_csv
 from upscaler import media
+from upscaler.quality import Target
 from upscaler.store.keys import RESERVED
 
 #: Decoding limits of the bench itself (the service applies its own).
@@ -112,7 +123,10 @@ def plan_items(paths: list[str], prefix: str, out_dir: Path) -> list[Item]:
     for given, path in zip(paths, resolved, strict=True):
         rel = path.relative_to(root).as_posix()
         key = _unique(prefix + _clean_key(rel), keys)
-        dest_rel = Path(rel).with_suffix(_right_suffix(path)).as_posix() if Path(rel).suffix else rel
+        if is_video(path):  # given back by an upscale job: always MP4
+            dest_rel = Path(rel).with_suffix(".mp4").as_posix()
+        else:
+            dest_rel = Path(rel).with_suffix(_right_suffix(path)).as_posix() if Path(rel).suffix else rel
         dest = out_dir / _unique(dest_rel, dests, fold=True)
         items.append(Item(given, key, dest, rel))
     return items
@@ -135,6 +149,8 @@ class Bench:
             }.items()
             if v is not None
         }
+        video = {"target": args.target, "codec": args.video_codec, "crf": args.video_crf}
+        self.video_options = {k: v for k, v in video.items() if v is not None}
 
     def client(self) -> UpscalerClient:
         """One client (and HTTP session) per worker thread."""
@@ -143,7 +159,9 @@ class Bench:
         return self._local.client
 
     def measure(self, item: Item) -> ImageResult:
-        """Store, retrieve, save and score one image; a failure at any stage is recorded, never raised."""
+        """Store, retrieve, save and score one image (or video); a failure at any stage is recorded, never raised."""
+        if is_video(item.path):
+            return self.measure_video(item)
         result = ImageResult(path=item.path, key=item.key, label=item.label)
         stage = "read"
         try:
@@ -175,6 +193,68 @@ class Bench:
             result.status, result.error = "failed", f"{stage}: {type(exc).__name__}: {exc}"
         return result
 
+    def measure_video(self, item: Item) -> ImageResult:
+        """Upload one video, store it with a downscale job, get it back with an upscale job, save and score it."""
+        result = ImageResult(path=item.path, key=item.key, label=item.label, kind="video")
+        stage = "read"
+        try:
+            path = Path(item.path).expanduser()
+            result.original_bytes = path.stat().st_size
+            client, bucket, timeout = self.client(), self.args.bucket, self.args.job_timeout
+            stage = "upload"
+            t0 = time.perf_counter()
+            uploaded = client.upload_video(path, item.key, bucket)
+            result.width, result.height, result.frames = uploaded["width"], uploaded["height"], uploaded["frames"]
+            result.format = str(uploaded.get("codec") or "")
+            stage = "store"
+            stored = client.wait(client.store_video(item.key, bucket, **self.video_options), timeout=timeout)
+            result.store_s = time.perf_counter() - t0
+            self._record_video_job(result, stored)
+            stage = "retrieve"
+            t0 = time.perf_counter()
+            stored_bucket, stored_key = _split_url(stored["output"])
+            job = client.retrieve_video(stored_key, stored_bucket, endpoint=self.args.endpoint, model=self.args.model)
+            back = client.wait(job, timeout=timeout)
+            item.dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_video(_split_url(back["output"])[1], item.dest, stored_bucket)
+            result.retrieve_s = time.perf_counter() - t0
+            result.destPath = str(item.dest)
+            result.model = str(back.get("model") or self.args.model or "(service default)")
+            stage = "score"
+            crop = fidelity.crop_for(result.scale or 1.0)
+            scores, frames = fidelity.score_video(path, item.dest, self.args.video_samples, crop)
+            result.psnr_y, result.ssim_y, result.orb_sim = scores.psnr_y, scores.ssim_y, scores.orb
+            result.testResults = f"{round(100 * scores.orb)}%"
+            result.frames = frames
+            if result.stored_bytes is not None and result.width and result.height and frames:
+                result.bpp = 8.0 * result.stored_bytes / (result.width * result.height * frames)
+        except ClientError as exc:
+            result.status, result.error = "failed", f"{stage}: {exc}"
+        except Exception as exc:  # a per-video failure must never end the run
+            result.status, result.error = "failed", f"{stage}: {type(exc).__name__}: {exc}"
+        return result
+
+    @staticmethod
+    def _record_video_job(result: ImageResult, job: dict[str, Any]) -> None:
+        """Bytes, saved %, the stored size and encoding, and a target's decision and fidelity, from the job."""
+        result.original_bytes = job.get("source_bytes") or result.original_bytes
+        result.stored_bytes = job.get("output_bytes")
+        result.saved_percent = job.get("saved_percent")
+        encoding, decision = job.get("encoding") or {}, job.get("decision") or {}
+        result.stored_codec = str(encoding.get("codec") or "")
+        result.rate_control = "crf" if encoding.get("crf") is not None else "qp" if encoding.get("qp") else ""
+        result.stored_quality = encoding.get("crf") if encoding.get("crf") is not None else encoding.get("qp")
+        result.stored_size = str(job.get("size") or "")
+        if decision.get("scale"):
+            result.scale = float(decision["scale"])
+        elif result.stored_size and result.width:
+            result.scale = round(result.width / int(result.stored_size.split("x")[0]), 2)
+        result.target = str(job.get("target") or "")
+        checked = job.get("fidelity") or {}
+        values = [v for k, v in checked.items() if k not in ("frames", "met") and isinstance(v, int | float)]
+        result.target_fidelity = float(values[0]) if values else None
+        result.target_met = checked.get("met")
+
     def _record_stored(self, result: ImageResult, stored: dict[str, Any]) -> None:
         original, form = stored.get("original", {}), stored.get("stored", {})
         result.width, result.height = original.get("width"), original.get("height")
@@ -188,6 +268,12 @@ class Bench:
             result.saved_percent = 100.0 * (1 - result.stored_bytes / result.original_bytes)
         if result.stored_bytes is not None and result.width and result.height:
             result.bpp = 8.0 * result.stored_bytes / (result.width * result.height)
+        decision = stored.get("decision") or {}
+        if decision and self.args.target:  # the fidelity the service measured for the target (None: identical)
+            result.target = self.args.target
+            value = decision.get("fidelity")
+            result.target_fidelity = math.inf if value is None else float(value)
+            result.target_met = Target.parse(self.args.target).met(result.target_fidelity)
 
     def _score(self, result: ImageResult, data: bytes, restored: bytes, bicubic: bytes) -> None:
         decoded = media.decode(data, LIMITS)
@@ -215,6 +301,12 @@ class Bench:
                     result.fullsize_bpp = 8.0 * full.bytes / (result.width * result.height)
                 variants["full"] = full_back
         result.crops = report.crops(original, variants)
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """(bucket, key) of a job's ``s3://bucket/key``."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 def results_folder(base: Path) -> Path:
@@ -260,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--quality", type=int, default=None, help="stored quality 1-100")
     store.add_argument("--model", default=None, help="model to restore with (default: the service's)")
     store.add_argument("--target", default=None, help="quality target, e.g. psnr:35 or ssim:0.95 (service picks)")
+    video = parser.add_argument_group("videos (run as a downscale job, then an upscale job)")
+    video.add_argument("--video-codec", choices=("h264", "hevc", "av1"), default=None, help="stored video codec")
+    video.add_argument("--video-crf", type=int, default=None, help="stored video CRF")
+    video.add_argument(
+        "--video-samples", type=int, default=12, help="frames spread over each video that are scored (default 12)"
+    )
+    video.add_argument(
+        "--job-timeout", type=float, default=3600.0, help="seconds to wait for each video job (default 3600)"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=2, help="images in flight at once (default 2)")
     run.add_argument("--out", default="TestResults", help="results folder; a <timestamp>/ is made in it")
@@ -348,7 +449,7 @@ def _run_info(
     seconds: float,
 ) -> dict[str, Any]:
     forms = sorted({report.stored_form(r) for r in results if r.ok})
-    models = sorted({r.model for r in results if r.ok}) or [args.default_model]
+    models = sorted({r.model for r in report.images_of(results) if r.ok}) or [args.default_model]
     options = ", ".join(f"{k}={v}" for k, v in bench.store_options.items()) or "the service's defaults"
     shown = ", ".join(forms[:4]) + (f" (+{len(forms) - 4} more)" if len(forms) > 4 else "")
     return {

@@ -1,11 +1,14 @@
-"""Write the test bench's input: a CSV (header ``image_path``) listing every image under a folder, recursively.
+"""Write the test bench's input: a CSV (header ``image_path``) listing every image and video under a folder,
+recursively.
 
     python testing/testHelp.py ~/photos                  # -> testFile.csv, as the original did
     python testing/testHelp.py ~/photos -o bench.csv     # another file name
     python -m testing.testHelp ~/photos
 
-Images are recognised by their extension, in any case (``.JPG`` as well as ``.jpg``): .jpg .jpeg .png .webp .avif
-.tif .tiff .bmp .gif. Paths are written as given (relative stays relative), sorted, one per row.
+Files are recognised by their extension, in any case (``.JPG`` as well as ``.jpg``): images .jpg .jpeg .png .webp
+.avif .jxl .tif .tiff .bmp .gif; videos .mp4 .mov .m4v .mkv .webm .avi (``--no-videos`` leaves them out; the bench
+runs a video as a downscale job, then an upscale job). Paths are written as given (relative stays relative),
+sorted, one per row, under the original's header ``image_path`` whatever they are.
 Then run ``python testing/testBenchClient.py testFile.csv``.
 """
 
@@ -19,18 +22,27 @@ from pathlib import Path
 
 #: Extensions the bench reads (compared in lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".jxl", ".tif", ".tiff", ".bmp", ".gif")
+#: Extensions the bench reads as videos (compared in lower case).
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 HEADER = "image_path"
 
 
-def find_images(folder: str | Path) -> Iterator[Path]:
-    """Every file under ``folder`` (recursively, sorted) whose extension is an image's, whatever its case."""
+def is_video(path: str | Path) -> bool:
+    """Whether the bench runs ``path`` as a video (by its extension, whatever its case)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def find_images(folder: str | Path, videos: bool = True) -> Iterator[Path]:
+    """Every file under ``folder`` (recursively, sorted) whose extension is an image's, or a video's with
+    ``videos``, whatever its case."""
     root = Path(folder)
+    wanted = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
     if root.is_file():
-        if root.suffix.lower() in IMAGE_EXTENSIONS:
+        if root.suffix.lower() in wanted:
             yield root
         return
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        if path.suffix.lower() in wanted and path.is_file():
             yield path
 
 
@@ -62,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("folder", help="folder to walk (recursively), or a single image")
     parser.add_argument("-o", "--output", default="testFile.csv", help="CSV to write (default testFile.csv)")
+    parser.add_argument("--no-videos", action="store_true", help="list images only")
     args = parser.parse_args(argv)
     if not Path(args.folder).exists():
         print(f"error: {args.folder} does not exist", file=sys.stderr)
         return 2
-    count = write_csv(list(find_images(args.folder)), args.output)
-    print(f"wrote {args.output}: {count} image(s) under {args.folder}", file=sys.stderr)
+    paths = list(find_images(args.folder, videos=not args.no_videos))
+    count, videos = write_csv(paths, args.output), sum(map(is_video, paths))
+    print(f"wrote {args.output}: {count - videos} image(s), {videos} video(s) under {args.folder}", file=sys.stderr)
     return 0 if count else 1
 
 

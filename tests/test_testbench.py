@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,89 @@ def test_report_helpers_on_edge_values(tmp_path: Path) -> None:
     page = report.write_html(tmp_path / "report.html", failed, keeper, {}).read_text()
     assert "<svg" in page and "store: 422: broken" in page
     assert "<svg" in report.write_html(tmp_path / "empty.html", [], report.CropKeeper(), {}).read_text()
+
+
+# ---- videos: a downscale job, then an upscale job, in the same CSV and report ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`upscaler serve` with its video worker (small segments, fast encoder), TLS verified as for the images."""
+    from tests.servers import api_server
+
+    work = tmp_path_factory.mktemp("bench-video-api")
+    env = {"UPSCALER_VIDEO_SEGMENT_FRAMES": "8", "UPSCALER_VIDEO_PRESET": "veryfast", "UPSCALER_VIDEO_WORKERS": "1"}
+    with api_server(work, env) as url:
+        yield url.replace("127.0.0.1", "localhost"), work / "data" / "tls" / "cert.pem"
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clip (H.264 + AAC, as a camera writes) beside a photo, as testHelp.py finds them."""
+    from tests.test_video_pipeline import make_clip
+
+    root = tmp_path_factory.mktemp("bench-videos")
+    make_clip(root / "clip.MP4", frames=24, size=(128, 96))
+    _photo("coffee", (200, 100, 328, 196)).save(root / "photo.png")
+    return root
+
+
+def _video_bench(service: tuple[str, Path], folder: Path, out: Path, *options: str) -> tuple[int, dict[str, dict]]:
+    url, cert = service
+    listing = out / "list.csv"
+    assert testHelp.main([str(folder), "-o", str(listing)]) == 0
+    argv = [str(listing), "--url", url, "--ca-bundle", str(cert), "--out", str(out / "TestResults"), "--no-progress"]
+    code = testBenchClient.main([*argv, "--bucket", "media", "--prefix", f"{out.name}/", *options])
+    (folder_out,) = (out / "TestResults").iterdir()
+    rows = {Path(r["path"]).name: r for r in _csv_rows(folder_out / "testResults.csv")}
+    return code, {"rows": rows, "out": folder_out}  # type: ignore[dict-item]
+
+
+def test_a_video_is_stored_by_a_job_given_back_and_reported(
+    video_service: tuple[str, Path], video_folder: Path, tmp_path: Path, capsys
+) -> None:
+    import av
+
+    code, run = _video_bench(video_service, video_folder, tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    video, photo = run["rows"]["clip.MP4"], run["rows"]["photo.png"]
+    assert video["kind"] == "video" and photo["kind"] == "image"
+    source = (video_folder / "clip.MP4").stat().st_size
+    stored, frames = int(video["stored_bytes"]), int(video["frames"])
+    assert int(video["original_bytes"]) == source and 0 < stored < source and frames == 24
+    assert float(video["saved_percent"]) == pytest.approx(100 * (1 - stored / source), abs=0.01)
+    assert float(video["bpp"]) == pytest.approx(8 * stored / (128 * 96 * frames), abs=1e-4)
+    assert video["stored_size"] == "32x24" and video["scale"] == "4"  # the service's defaults: x4, AV1 crf 30
+    assert (video["stored_codec"], video["rate_control"], video["stored_quality"]) == ("av1", "crf", "30")
+    assert video["target"] == "" and video["target_fidelity"] == "" and video["target_met"] == ""
+    assert 10 < float(video["psnr_y"]) < 60 and 0 < float(video["ssim_y"]) <= 1 and PERCENT.match(video["testResults"])
+    assert float(video["store_s"]) > 0 and float(video["retrieve_s"]) > 0
+    back = Path(video["destPath"])
+    assert back.name == "clip.mp4" and run["out"] in back.parents
+    with av.open(str(back)) as c:  # given back at the source's size, every frame, the audio kept
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (128, 96)
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 24 and len(c.streams.audio) == 1
+    assert photo["status"] == "ok" and photo["stored_codec"] == "avif"
+    assert "1 image(s) measured, 0 failed" in out and "1 video(s) measured, 0 failed" in out
+    assert "x4 av1 crf 30 (32x24)" in out and "saved" in out
+    page = (run["out"] / "report.html").read_text()
+    assert "<h2>Videos (1)</h2>" in page and f"{stored:,}" in page and "x4 av1 crf 30" in page
+    assert page.count("<svg") == 3  # the plots stay the images'
+
+
+def test_a_targeted_video_reports_the_jobs_fidelity(
+    video_service: tuple[str, Path], video_folder: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "only"
+    folder.mkdir()
+    shutil.copy(video_folder / "clip.MP4", folder / "clip.mp4")
+    code, run = _video_bench(video_service, folder, tmp_path, "--api", "v1", "--target", "psnr:30")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = run["rows"]["clip.mp4"]
+    assert row["target"] == "psnr:30" and row["target_met"] == "True" and float(row["target_fidelity"]) >= 30
+    assert int(row["stored_bytes"]) < int(row["original_bytes"])
+    assert float(row["psnr_y"]) >= 29  # the bench's own measurement of the download agrees
+    assert "1 of 1 met their target" in out
+    assert 'class="win"' in (run["out"] / "report.html").read_text()
