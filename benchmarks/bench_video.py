@@ -3,6 +3,7 @@ whether downscale + SPAN beats the full-size codecs at the same bytes.
 
     .venv/bin/python benchmarks/bench_video.py             # tables 1-2 (about two minutes on 2 cores)
     .venv/bin/python benchmarks/bench_video.py --quick     # small frames, 12 frames per clip, 1 repeat
+    .venv/bin/python benchmarks/bench_video.py --speed-only --repeats 5                  # table 2 alone
     .venv/bin/python benchmarks/bench_video.py --storage --jobs 6 --points pts.jsonl   # tables 3-7
     .venv/bin/python benchmarks/bench_video.py --storage --quick --clips 2              # a 40 s smoke run
 
@@ -627,14 +628,32 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
             }
             if fulls:
                 best = min(fulls, key=lambda c: c["sample_bytes"])
-                out = work / "full.mp4"
-                enc = VideoEncoding.choose(best["codec"], crf=best["crf"])
-                transcode(src, out, lambda rgb: rgb, size=size, max_workers=args.workers, encoding=enc)
-                row |= {"full": f"{best['codec']} crf {best['crf']}", "full_bytes": video_bytes(out)}
-                row |= {"full_sample_bytes": best["sample_bytes"], "full_psnr": best["fidelity"]}
+                row |= {"full": f"{best['codec']} crf {best['crf']}", "full_sample_bytes": best["sample_bytes"]}
+                row |= {"full_psnr": best["fidelity"], "fulls": {}}
+                for c in fulls:  # each full-size codec at the CRF the job tuned to the target, over the whole clip
+                    out = work / f"full-{c['codec']}.mp4"
+                    enc = VideoEncoding.choose(c["codec"], crf=c["crf"])
+                    transcode(src, out, lambda rgb: rgb, size=size, max_workers=args.workers, encoding=enc)
+                    checked = _sample_psnr(src, out, target, done.decision.get("sample_frames"), args)
+                    row["fulls"][c["codec"]] = {"crf": c["crf"], "bytes": video_bytes(out), "psnr": checked}
+                    if c is best:
+                        row["full_bytes"] = row["fulls"][c["codec"]]["bytes"]
             rows.append(row)
             print(f"  {name}: target {target:g} done in {seconds:.0f} s", file=sys.stderr)
     return rows
+
+
+def _sample_psnr(src: Path, encoded: Path, target: float, frames: int | None, args: argparse.Namespace) -> float:
+    """PSNR-Y of ``encoded`` against ``src`` on the frames a targeted job samples (its segments), as its check."""
+    from upscaler.quality import Target
+    from video_upscaler import targeting
+
+    total = targeting.count_frames(src)
+    indices = targeting.sample_indices(total, args.segments, args.segment_frames)
+    if frames is not None and frames != len(indices):
+        raise RuntimeError(f"the job sampled {frames} frames, this check {len(indices)}")
+    reference, back = targeting.read_frames(src, indices), targeting.read_frames(encoded, indices)
+    return targeting.score(Target("psnr", target), reference, back)
 
 
 def targeted_main(args: argparse.Namespace) -> None:
@@ -665,15 +684,30 @@ def targeted_main(args: argparse.Namespace) -> None:
     targeted_table(rows, size, frames, args.segments, args.segment_frames)
 
 
+def _full_cell(r: dict, codec: str) -> str:
+    """``KiB (PSNR-Y)`` of the whole clip at full size in ``codec`` at the CRF the job tuned; ``*`` when it misses."""
+    full = r.get("fulls", {}).get(codec)
+    if not full:
+        return "-"
+    miss = "*" if full["psnr"] < r["target"] else ""
+    return f"{full['bytes'] / 1024:.0f} ({full['psnr']:.2f}{miss})"
+
+
+def _best_full_met(r: dict) -> int | None:
+    """Bytes of the smallest whole-clip full-size encode that meets the target on the sample frames."""
+    met = [f["bytes"] for f in r.get("fulls", {}).values() if f["psnr"] >= r["target"]]
+    return min(met) if met else None
+
+
 def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segments: int, length: int) -> None:
     out = []
     for r in sorted(rows, key=lambda r: (r["target"], r["clip"])):
         if "error" in r:
-            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 9)
+            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 12)
             continue
         ratio = f"{r['bytes'] / r['full_bytes']:.2f}" if r.get("full_bytes") else "-"
         full = f"{r['full']} {r['full_bytes'] / 1024:.0f} KiB" if r.get("full_bytes") else "none met the target"
-        source = r.get("source_bytes")
+        source, met_full = r.get("source_bytes"), _best_full_met(r)
         out.append(
             [
                 f"PSNR-Y {r['target']:g}",
@@ -687,6 +721,8 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
                 full,
                 ratio,
                 f"{r['sample_bytes'] / r['full_sample_bytes']:.2f}" if r.get("full_sample_bytes") else "-",
+                *(_full_cell(r, codec) for codec in ("h264", "hevc", "av1")),
+                f"{r['bytes'] / met_full:.2f}" if met_full else "-",
                 f"{r['seconds']:.0f}",
             ]
         )
@@ -694,10 +730,13 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
         f"\nTable 8. Targeted downscale jobs (the real worker, span restoring), {frames} frames {size[0]}x{size[1]}; "
         f"the job measures {segments} segments of {length} frames. Stored KiB = the video stream; PSNR-Y = the "
         "stored clip restored, on the sample frames (met = the job's check). Full size = the best full-size "
-        "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip."
+        "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip; "
+        "H.264/HEVC/AV1 full = each codec at full size at the CRF the job tuned for it, over the whole clip, KiB "
+        "(PSNR-Y on the same sample frames; * = misses the target there); / met = stored bytes over the smallest "
+        "of those that meets the target."
     )
     headers = ["target", "clip", "chosen", "source KiB", "stored KiB", "saved %", "PSNR-Y", "met", "best full size"]
-    headers += ["bytes / full", "samples / full"]
+    headers += ["bytes / full", "samples / full", "H.264 full", "HEVC full", "AV1 full", "/ met"]
     print(table([*headers, "job s"], out))
 
 
@@ -762,6 +801,7 @@ def main() -> None:
         "--speed-frames", type=int, default=None, help="frames of the table 2 clip (default 144, 12 with --quick)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3, 1 with --quick)")
+    parser.add_argument("--speed-only", action="store_true", help="table 2 alone (no model comparison first)")
     parser.add_argument("--workers", type=int, default=2, help="transcode max_workers (default 2)")
     parser.add_argument("--threads", type=int, default=0, help="ncnn threads per inference (0 = one per core)")
     parser.add_argument(
@@ -806,7 +846,7 @@ def main() -> None:
     speed_frames = args.speed_frames or (12 if args.quick else 144)
     repeats = args.repeats or (1 if args.quick else 3)
     engine = Engine(Settings.from_env({}, ncnn_threads=args.threads))
-    engine.warmup(*MODELS[1:])
+    engine.warmup(*(("span",) if args.speed_only else MODELS[1:]))
     threads = engine.options.resolved_threads()
     pics = dict(photos(include_shared=False))
 
@@ -814,6 +854,8 @@ def main() -> None:
         work = Path(tmp)
         clips: dict[str, Path] = {}
         for index, (clip, (photo, motion)) in enumerate(CLIPS.items()):
+            if args.speed_only and index:
+                break  # table 2 times the first clip only
             path = work / f"clip{index}.mp4"
             make_clip(path, pics[photo], motion, size, n_frames)
             clips[clip] = path
@@ -825,40 +867,13 @@ def main() -> None:
             file=sys.stderr,
         )
 
-        rows, overall, stored = fidelity(engine, clips, size, work, args.workers)
-        print(
-            f"\nTable 1. x{SCALE} roundtrip fidelity per model, {n_frames} frames per clip, {size[0]}x{size[1]} "
-            f"(PSNR-Y/SSIM-Y, BasicSR: BT.601 Y, crop {SCALE}); stored = transcode crf 18 then decoded, "
-            "lossless = no codec"
-        )
-        print(
-            table(
-                [
-                    "clip",
-                    "model",
-                    "stored PSNR-Y",
-                    "stored SSIM-Y",
-                    "stored vs bicubic dB",
-                    "lossless PSNR-Y",
-                    "lossless SSIM-Y",
-                    "lossless vs bicubic dB",
-                    "codec dB",
-                    "fps",
-                ],
-                rows,
-            )
-        )
-        best_stored = max(overall, key=lambda m: overall[m][0])
-        best_lossless = max(overall, key=lambda m: overall[m][1])
-        print(
-            f"winner on PSNR-Y (all clips): {best_stored} on the stored video "
-            f"({overall[best_stored][0] - overall['bicubic'][0]:+.2f} dB vs bicubic), "
-            f"{best_lossless} on lossless frames ({overall[best_lossless][1] - overall['bicubic'][1]:+.2f} dB)"
-        )
-
+        stored: dict[str, Path] = {}
+        if not args.speed_only:
+            rows, overall, stored = fidelity(engine, clips, size, work, args.workers)
+            table_1(rows, overall, n_frames, size)
         clip = next(iter(clips))
-        src, small_src = clips[clip], stored[clip]
-        if speed_frames != n_frames:  # a longer take of the same pan, so each timing is seconds, not a blip
+        src, small_src = clips[clip], stored.get(clip)
+        if args.speed_only or speed_frames != n_frames:  # a longer take of the same pan: seconds, not a blip
             photo, motion = CLIPS[clip]
             src, small_src = work / "speed.mp4", work / "speed-x4.mp4"
             make_clip(src, pics[photo], motion, size, speed_frames)
@@ -881,6 +896,39 @@ def main() -> None:
         verdict = "met" if overlap <= TARGET else "NOT met"
         print(f"whole / max(decode+encode, model) = {overlap:.2f} (target <= {TARGET}: {verdict})")
         print(f"whole / (decode+encode + model)   = {sequential:.2f} (1.00 = no overlap at all, a sequential pipeline)")
+
+
+def table_1(rows: list, overall: dict, n_frames: int, size: tuple[int, int]) -> None:
+    """Print table 1 (the x4 roundtrip fidelity per model) and the winner."""
+    print(
+        f"\nTable 1. x{SCALE} roundtrip fidelity per model, {n_frames} frames per clip, {size[0]}x{size[1]} "
+        f"(PSNR-Y/SSIM-Y, BasicSR: BT.601 Y, crop {SCALE}); stored = transcode crf 18 then decoded, "
+        "lossless = no codec"
+    )
+    print(
+        table(
+            [
+                "clip",
+                "model",
+                "stored PSNR-Y",
+                "stored SSIM-Y",
+                "stored vs bicubic dB",
+                "lossless PSNR-Y",
+                "lossless SSIM-Y",
+                "lossless vs bicubic dB",
+                "codec dB",
+                "fps",
+            ],
+            rows,
+        )
+    )
+    best_stored = max(overall, key=lambda m: overall[m][0])
+    best_lossless = max(overall, key=lambda m: overall[m][1])
+    print(
+        f"winner on PSNR-Y (all clips): {best_stored} on the stored video "
+        f"({overall[best_stored][0] - overall['bicubic'][0]:+.2f} dB vs bicubic), "
+        f"{best_lossless} on lossless frames ({overall[best_lossless][1] - overall['bicubic'][1]:+.2f} dB)"
+    )
 
 
 def _streams(path: Path) -> list[str]:
