@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, g, jsonify, request
 
-from api import auth, cancel, errors, legacy, metrics, v1, videos
+from api import auth, cancel, errors, legacy, metrics, migrations, v1, videos
 from api.openapi import spec
 from api.responses import install_redactor
 from upscaler import logs
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     app.register_blueprint(legacy.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(videos.bp)
+    app.register_blueprint(migrations.bp)
     _install_hooks(app)
     cancel.install(app)
     auth.install(app, settings)

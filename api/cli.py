@@ -6,6 +6,7 @@
   upscaler cert             make a self-signed certificate for local HTTPS
   upscaler keys new         make an API key scoped to buckets/prefixes (without keys: loopback only)
   upscaler models           list the models and where their weights come from
+  upscaler migrate          convert an existing archive (folder, S3 prefix, manifest): dry run, then --apply
 
 Settings come from UPSCALER_* environment variables (see upscaler/config.py); flags here cover the server only.
 """
@@ -294,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--limit", type=int, default=None, help="at most this many images")
     plan.add_argument("-v", "--verbose", action="store_true", help="one line per image")
     plan.set_defaults(func=_plan)
+
+    import api.migrate_cli as migrate_cli
+
+    migrate = sub.add_parser("migrate", help="convert an existing archive: dry run, then --apply on the workers")
+    migrate_cli.build_parser(migrate)
+    migrate.set_defaults(func=migrate_cli.run)
 
     models = sub.add_parser("models", help="list models and their weights", description="List the models.")
     models.set_defaults(func=_models)

@@ -516,5 +516,12 @@ def _document() -> dict[str, Any]:
                 "get": {"summary": "Models this service can run", "responses": {"200": {"description": "models"}}}
             },
             **_video_paths(),
+            **_migration_paths(),
         },
     }
+
+
+def _migration_paths() -> dict[str, Any]:
+    from api.migrations import openapi_paths  # beside the routes it describes
+
+    return openapi_paths(_errors(False, 400, 403, 404, 503))
