@@ -27,7 +27,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _malloc_trim() -> None:
-    """glibc keeps freed memory in its arenas; after a burst of large images the process would stay at its peak."""
+    """The models' cached buffers are freed, then glibc hands free memory back (it keeps it in its arenas): after a
+    burst of large images the process would stay at its peak otherwise."""
+    from upscaler.engine import runtime
+
+    runtime.release_pools()
     with contextlib.suppress(AttributeError):  # not glibc
         _libc().malloc_trim(0)  # type: ignore[union-attr]
 

@@ -124,6 +124,13 @@ class NcnnNetwork:
         net = ncnn.Net()
         net.opt.use_vulkan_compute = self.on_gpu
         net.opt.num_threads = options.resolved_threads()
+        # ncnn's own pools (one per net when none is given) keep every buffer they ever handed out, so a process
+        # stays at the peak of its concurrent inferences (4 slots x ~768 MB of SPAN x4 workspace) for ever: ours
+        # behave the same (any cached block at least as large is reused) but are emptied by release_pools().
+        self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
+        for pool in self._pools:
+            pool.set_size_compare_ratio(0.0)
+        net.opt.blob_allocator, net.opt.workspace_allocator = self._pools
         if net.load_param(str(self.param_path)) != 0 or net.load_model(str(self.bin_path)) != 0:
             raise Unavailable(f"ncnn could not load {spec.name} from {self.param_path.parent}")
         self._ncnn = ncnn
@@ -137,6 +144,11 @@ class NcnnNetwork:
                 "weights": str(self.bin_path),
             },
         )
+
+    def release_pools(self) -> None:
+        """Free the buffers ncnn keeps for later inferences (those in use stay: only the cached ones go)."""
+        for pool in self._pools:
+            pool.clear()
 
     def run_chw(self, chw: np.ndarray) -> np.ndarray:
         """Raw call: float32 CxHxW in, float32 Cx(H*s)x(W*s) out (unclipped)."""
@@ -207,6 +219,15 @@ def load(spec: ModelSpec, options: RuntimeOptions) -> Network:
         if net is None:
             net = _cache[key] = _build(spec, options)
         return net
+
+
+def release_pools() -> None:
+    """Hand back the memory the loaded networks keep cached between inferences (ncnn's pools), for the process to
+    return to the operating system: called when no heavy work runs (see upscaler.backpressure)."""
+    for net in list(_cache.values()):
+        release = getattr(net, "release_pools", None)
+        if release is not None:
+            release()
 
 
 def loaded() -> list[str]:
