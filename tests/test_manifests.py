@@ -130,6 +130,13 @@ def settings_for(deployment: dict[str, Any]) -> Settings:
     return Settings.from_env(env)
 
 
+def gunicorn_default_threads() -> int:
+    """The threads ``api/gunicorn_conf.py`` runs when ``GUNICORN_THREADS`` is not set."""
+    found = re.search(r'"GUNICORN_THREADS", "(\d+)"', (ROOT / "api" / "gunicorn_conf.py").read_text())
+    assert found, "api/gunicorn_conf.py reads GUNICORN_THREADS with a default"
+    return int(found[1])
+
+
 @cache
 def rendered() -> tuple[dict[str, Any], ...] | None:
     """`kustomize build manifests/` when kustomize (or kubectl's built-in copy) is on the PATH."""
@@ -330,9 +337,12 @@ def test_api_probes_hit_ready_and_health_over_https_on_the_api_port() -> None:
         get = api[probe]["httpGet"]
         assert get["path"] == path and get["scheme"] == "HTTPS", probe
         assert (ports[get["port"]] if isinstance(get["port"], str) else get["port"]) == listens, probe
-    # A probe must never wait behind image operations: gunicorn has more threads than the operations admitted.
+    # A probe must never wait behind image operations: gunicorn has more threads than the operations admitted,
+    # running and waiting for a slot, and no fewer than its own default.
     env = {e["name"]: e.get("value") for e in api["env"]}
-    assert int(env["GUNICORN_THREADS"]) > settings_for(one("Deployment", "upscaler-api")).max_inflight
+    settings = settings_for(one("Deployment", "upscaler-api"))
+    assert int(env["GUNICORN_THREADS"]) > settings.max_inflight + settings.max_queued
+    assert int(env["GUNICORN_THREADS"]) >= gunicorn_default_threads()
     assert env["UPSCALER_VIDEO_WORKERS"] == "0", "the API pods run no video workers: the worker Deployment does"
 
 
