@@ -83,6 +83,13 @@ def fidelity(engine: Engine, limit: int | None, max_side: int) -> list[list[obje
     return rows
 
 
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def _best_of(repeats: int, fn) -> float:
     best = math.inf
     for _ in range(repeats):
@@ -130,17 +137,23 @@ LARGE_CASES = (
 )
 
 
-def throughput(engine: Engine, repeats: int, quick: bool, bare_memory_mb: int) -> list[list[object]]:
+def throughput(
+    engine: Engine, repeats: int, quick: bool, bare_memory_mb: int, only: list[str] | None = None
+) -> list[list[object]]:
     """Per network: an input that fits one tile (~1 MP out); then the large cases with automatic tiles. Each next to
-    a bare ncnn extract of the whole same input, interleaved (bare, engine, bare, engine, ...), best of each. A
-    whole input whose bare extract would need more than ``bare_memory_mb`` (ncnn's measured peak per pixel) is
-    compared with a bare extract of its 1024x768 centre crop instead, in MP/s, and the table says so."""
+    a bare ncnn extract of the whole same input, interleaved (bare, engine, bare, engine, ...), best of each, in
+    wall time and in this process's CPU time (on a shared, loaded machine the wall time mostly measures the
+    others). A whole input whose bare extract would need more than ``bare_memory_mb`` (ncnn's measured peak per
+    pixel) is compared with a bare extract of its 1024x768 centre crop instead, per output pixel, and the table
+    says so. ``only``: cases as ``model`` (its one-tile input) or ``model:WxH``."""
     rows: list[list[object]] = []
     src = next(photos(limit=1, include_shared=False))[1]
     threads, overlap = engine.options.resolved_threads(), engine.settings.tile_overlap
     cases = [(spec.name, 0, 0) for spec in registry.MODELS.values() if spec.is_network]
     if not quick:
         cases += LARGE_CASES
+    if only:
+        cases = [c for c in cases if c[0] in only or f"{c[0]}:{c[1]}x{c[2]}" in only]
     nets: dict[str, object] = {}
     for name, width, height in cases:
         spec = registry.MODELS[name]
@@ -156,7 +169,7 @@ def throughput(engine: Engine, repeats: int, quick: bool, bare_memory_mb: int) -
             left, top = (width - 1024) // 2, (height - 768) // 2
             bare_in, bare_label = lr.crop((left, top, left + 1024, top + 768)), "1024x768 crop"
         chw = _planar(bare_in)
-        tile = engine.auto_tile(spec)
+        tile, max_pixels = engine.tile_limits(spec)
 
         def bare(net=net, chw=chw) -> np.ndarray:
             return bare_extract(net, chw)
@@ -164,26 +177,28 @@ def throughput(engine: Engine, repeats: int, quick: bool, bare_memory_mb: int) -
         def ours(lr=lr, spec=spec) -> object:
             return engine.upscale(lr, spec.scale, model=spec.name)
 
-        if width * height <= tile * tile:  # the first case of each model: warm both paths
+        grid = tiling.grid(height, width, tile, overlap, max_pixels)
+        if len(grid) == 1:  # the first case of each model: warm both paths
             bare()
             ours()
-        t_bare, t_ours = math.inf, math.inf
+        (t_bare, c_bare), (t_ours, c_ours) = (math.inf, math.inf), (math.inf, math.inf)
         for _ in range(repeats):
-            t_bare = min(t_bare, _best_of(1, bare))
-            t_ours = min(t_ours, _best_of(1, ours))
+            t_bare, c_bare = (min(a, b) for a, b in zip((t_bare, c_bare), _timed(bare), strict=True))
+            t_ours, c_ours = (min(a, b) for a, b in zip((t_ours, c_ours), _timed(ours), strict=True))
         bare_mp = chw.shape[1] * chw.shape[2] * spec.scale**2 / 1e6
         mp = width * height * spec.scale**2 / 1e6
-        grid = tiling.grid(height, width, tile, overlap)
         rows.append(
             [
                 spec.name,
                 f"{width}x{height}",
                 f"{len(grid)} x {grid[0].x1 - grid[0].x0}x{grid[0].y1 - grid[0].y0}",
-                tiling.cover(height, width, tile, overlap),
+                tiling.cover(height, width, tile, overlap, max_pixels),
                 bare_label,
                 bare_mp / t_bare,
                 mp / t_ours,
                 (mp / t_ours) / (bare_mp / t_bare),
+                (mp / c_ours) / (bare_mp / c_bare),
+                os.getloadavg()[0],
             ]
         )
         print(f"  timed {spec.name} {width}x{height}", file=sys.stderr)
@@ -378,6 +393,9 @@ def main() -> None:
         default=4096,
         help="largest bare ncnn extract of a whole large input; above it a 1024x768 crop is the reference",
     )
+    parser.add_argument(
+        "--cases", nargs="+", help="throughput: only these cases, as MODEL (its one-tile input) or MODEL:WxH"
+    )
     parser.add_argument("--json", type=Path, help="also write the tables to this JSON file")
     args = parser.parse_args()
     engine = Engine(Settings.from_env())
@@ -395,11 +413,13 @@ def main() -> None:
         print(table(tables["fidelity"][0], rows))
 
     if "throughput" in args.only:
-        rows = throughput(engine, repeats, args.quick, args.bare_memory_mb)
+        rows = throughput(engine, repeats, args.quick, args.bare_memory_mb, args.cases)
         h = ["model", "input", "tiles", "cover", "bare on", "bare ncnn MP/s", "engine MP/s", "engine / bare"]
+        h += ["engine / bare, CPU time", "load"]
         tables["throughput"] = [h, *rows]
         print("\nTable 2. Throughput in output MP/s, automatic tiles; cover = pixels the tiles hold / image pixels")
-        print("(bare ncnn and the engine interleaved on the same input; target engine / bare >= 0.95)")
+        print("(bare ncnn and the engine interleaved on the same input; target engine / bare >= 0.95;")
+        print("'CPU time': the same ratio from this process's CPU seconds; load: 1-minute load average after the case)")
         print(table(h, rows))
 
     if "contention" in args.only:

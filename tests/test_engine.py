@@ -8,7 +8,7 @@ from PIL import Image
 
 from upscaler import metrics
 from upscaler.config import Settings
-from upscaler.engine import Engine, downscale_size, model_names, registry, resolve, tiling
+from upscaler.engine import Engine, downscale_size, model_names, pixels, registry, resolve, tiling
 from upscaler.errors import (
     InvalidInput,
     TooLarge,
@@ -210,39 +210,84 @@ def test_tiled_equals_untiled(engine: Engine, model: str) -> None:
     assert gap < 0.05, f"tiling costs {gap:.3f} dB"
 
 
+SPAN_X4_TILE_PIXELS = 768 * 2**20 // 4_500  # the default memory budget over span-x4's bytes per input pixel
+
+
 @pytest.mark.parametrize(
-    ("height", "width", "tile", "tiles", "side"),
+    ("height", "width", "tile", "max_pixels", "tiles", "side", "most"),
     [
-        (768, 1024, 416, 6, (392, 352)),  # the old grid took 6 tiles of 416 px: 1.32x the pixels
-        (1224, 1224, 416, 16, (318, 318)),  # old: 16 of 416 px, 1.85x
-        (816, 816, 416, 4, (416, 416)),
-        (300, 200, 416, 1, (300, 200)),
+        (768, 1024, 416, None, 6, (392, 352), 1.06),  # the old grid took 6 tiles of 416 px: 1.32x the pixels
+        (1224, 1224, 416, None, 16, (318, 318), 1.08),  # old: 16 of 416 px, 1.85x
+        (816, 816, 416, None, 4, (416, 416), 1.04),
+        (300, 200, 416, None, 1, (300, 200), 1.0),
+        # The budget as an area: the 416 px square's budget holds 419x419, so 9 tiles instead of 16.
+        (1224, 1224, 2048, SPAN_X4_TILE_PIXELS, 9, (419, 419), 1.055),
+        (768, 1024, 2048, SPAN_X4_TILE_PIXELS, 6, (392, 352), 1.053),
+        (300, 200, 2048, SPAN_X4_TILE_PIXELS, 1, (300, 200), 1.0),
+        (100, 3000, 2048, SPAN_X4_TILE_PIXELS, 2, (100, 1508), 1.006),  # a strip: rectangles, not squares
     ],
 )
-def test_grid_is_the_fewest_equal_tiles(height: int, width: int, tile: int, tiles: int, side: tuple[int, int]) -> None:
-    grid = tiling.grid(height, width, tile, 16)
+def test_grid_is_the_fewest_equal_tiles(
+    height: int, width: int, tile: int, max_pixels: int | None, tiles: int, side: tuple[int, int], most: float
+) -> None:
+    grid = tiling.grid(height, width, tile, 16, max_pixels)
     assert len(grid) == tiles
     assert {(t.y1 - t.y0, t.x1 - t.x0) for t in grid} == {side}
+    assert side[0] * side[1] <= (max_pixels or tile * tile)
     assert max(t.y1 for t in grid) == height and max(t.x1 for t in grid) == width
-    cover = tiling.cover(height, width, tile, 16)
-    assert cover <= 1.08 and (tiles > 1 or cover == 1.0)
+    cover = tiling.cover(height, width, tile, 16, max_pixels)
+    assert cover <= most and (tiles > 1 or cover == 1.0)
+
+
+def test_cpu_tiles_are_an_area_and_an_explicit_tile_a_square() -> None:
+    span = registry.MODELS["span-x4"]
+    assert Engine(Settings.from_env({}, gpu="off")).tile_limits(span) == (2048, SPAN_X4_TILE_PIXELS)
+    assert Engine(Settings.from_env({}, gpu="off", tile_size=200)).tile_limits(span) == (200, None)
 
 
 def test_blend_weights_add_up_to_one_without_a_weight_plane() -> None:
     rng = np.random.default_rng(7)
-    for _ in range(60):
+    for case in range(60):
         height, width = (int(v) for v in rng.integers(20, 300, 2))
         tile, overlap, scale = int(rng.integers(32, 160)), int(rng.integers(0, 40)), int(rng.integers(1, 5))
+        # Half the cases with an area budget (rectangular tiles), half with ncnn's planar layout.
+        max_pixels = int(rng.integers(max(32, 3 * min(overlap, tile // 3)) ** 2, tile * tile + 1)) if case % 2 else None
+        planar = bool(rng.integers(0, 2))
 
-        def ones(t: np.ndarray, scale: int = scale) -> np.ndarray:
-            out = np.ones((t.shape[0] * scale, t.shape[1] * scale, 1), np.float32)
+        def ones(t: np.ndarray, scale: int = scale, planar: bool = planar) -> np.ndarray:
+            out = np.ones((3, t.shape[0] * scale, t.shape[1] * scale), np.float32)
+            out = out.transpose(1, 2, 0) if planar else np.ascontiguousarray(out.transpose(1, 2, 0))
             out.flags.writeable = False  # results are only read (a decoded PNG from SageMaker is read-only)
             return out
 
-        grid = tiling.grid(height, width, tile, overlap)
+        grid = tiling.grid(height, width, tile, overlap, max_pixels)
         assert all(t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile for t in grid)
-        out = tiling.apply(np.zeros((height, width, 1), np.float32), scale, ones, tile=tile, overlap=overlap)
-        np.testing.assert_allclose(out, 1.0, atol=1e-6, err_msg=f"{height}x{width} tile {tile} overlap {overlap}")
+        assert all((t.y1 - t.y0) * (t.x1 - t.x0) <= (max_pixels or tile * tile) for t in grid)
+        image = np.zeros((height, width, 3), np.float32)
+        out = tiling.apply(image, scale, ones, tile=tile, overlap=overlap, max_pixels=max_pixels)
+        label = f"{height}x{width} tile {tile} overlap {overlap} max_pixels {max_pixels} planar {planar}"
+        np.testing.assert_allclose(out, 1.0, atol=1e-6, err_msg=label)
+
+
+def test_tiles_blend_the_same_in_either_layout_and_with_threads() -> None:
+    """ncnn's planar results and HxWxC results give the same output, written in grid order (the output starts
+    uninitialised, so a tile written out of order would show), also when tiles run on threads; and a planar output
+    quantises to the same C-contiguous bytes."""
+    rng = np.random.default_rng(3)
+    image = rng.random((150, 170, 3), dtype=np.float32)
+
+    def fn(t: np.ndarray, planar: bool) -> np.ndarray:
+        up = np.repeat(np.repeat(np.sin(t * 7.0), 2, axis=0), 2, axis=1)
+        return np.ascontiguousarray(up.transpose(2, 0, 1)).transpose(1, 2, 0) if planar else up
+
+    hwc = tiling.apply(image, 2, lambda t: fn(t, False), tile=64, overlap=12)
+    planar = tiling.apply(image, 2, lambda t: fn(t, True), tile=64, overlap=12, max_workers=3)
+    assert hwc.flags.c_contiguous and not planar.flags.c_contiguous
+    np.testing.assert_allclose(planar, hwc, atol=1e-6)
+    expected = (np.clip(hwc, 0, 1) * 255).round().astype(np.uint8)
+    quantised = pixels.from_planes(pixels.to_planes(np.zeros((150, 170, 3), np.uint8)), planar, None)
+    assert quantised.flags.c_contiguous
+    np.testing.assert_array_equal(quantised, expected)
 
 
 def test_tile_validation(engine: Engine, photo: Image.Image) -> None:

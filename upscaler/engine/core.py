@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 ALPHA_MODES = ("model", "bicubic")
 #: Inputs with a side below this are mirrored up to it before a network runs (input pixels).
 MIN_NETWORK_SIDE = 16
+#: Largest automatic tile side (input pixels).
+MAX_TILE_SIDE = 2048
 _INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
@@ -115,9 +117,20 @@ class Engine:
             return gpu_tile_side(
                 free, spec.bytes_per_input_pixel, getattr(net, "precision", "fp32"), batch or self.options.batch
             )
-        budget = self.settings.tile_memory_mb * 1024 * 1024
-        side = int(math.sqrt(budget / max(spec.bytes_per_input_pixel, 1)))
-        return int(min(2048, max(64, side // 16 * 16)))
+        side = int(math.sqrt(self._tile_pixels(spec)))
+        return int(min(MAX_TILE_SIDE, max(64, side // 16 * 16)))
+
+    def _tile_pixels(self, spec: registry.ModelSpec) -> int:
+        return self.settings.tile_memory_mb * 1024 * 1024 // max(spec.bytes_per_input_pixel, 1)
+
+    def tile_limits(self, spec: registry.ModelSpec, net: runtime.Network | None = None) -> tuple[int, int | None]:
+        """(largest tile side, largest tile area or None) for automatic tiles. On the CPU the memory budget is an
+        area, so tiles may be rectangular (:func:`upscaler.engine.tiling.plan`: 1224x1224 in 9 tiles of 419x419
+        where squares of the budget's side need 16); a set ``UPSCALER_TILE_SIZE`` or a GPU's side is a square."""
+        side = self.auto_tile(spec, net)
+        if self.settings.tile_size > 0 or (net is not None and net.on_gpu):
+            return side, None
+        return MAX_TILE_SIDE, max(64 * 64, self._tile_pixels(spec))
 
     # ---- upscale -----------------------------------------------------------------------------------------
     def upscale(
@@ -216,12 +229,14 @@ class Engine:
         pad = max(0, (MIN_NETWORK_SIDE - min(planes.shape[:2]) + 1) // 2)
         padded = np.pad(planes, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric") if pad else planes
         run_tile, run_batch = _network_fns(net)
+        side, max_pixels = (tile, None) if tile else self.tile_limits(spec, net)
         result = tiling.apply(
             padded,
             s,
             run_tile,
-            tile=tile or self.auto_tile(spec, net),
+            tile=side,
             overlap=self.settings.tile_overlap,
+            max_pixels=max_pixels,
             batch_fn=run_batch if net.on_gpu else None,
             batch=self.options.batch,
         )

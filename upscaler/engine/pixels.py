@@ -141,28 +141,44 @@ def _pil_to_planes(image: Image.Image) -> Planes:
     return Planes(color, alpha, is_pil=True, out_mode=mode, note=note)
 
 
-def _quantize(values: np.ndarray, maxval: float, dtype: type) -> np.ndarray:
-    """Scale [0, 1] floats to integers in place (no full-size temporaries), then cast."""
-    values *= maxval
-    np.rint(values, out=values)
-    return values.astype(dtype)
+#: Elements quantised per step: 1 MiB of float32, which stays in cache through the clip, scale, round and cast.
+_QUANTIZE_STEP = 1 << 18
+
+
+def _quantize(values: np.ndarray, maxval: float | None, dtype: type) -> np.ndarray:
+    """Clip ``values`` to [0, 1] and scale them to integers (``maxval``; None keeps floats), a few rows at a time
+    in place, into a new C-contiguous array of ``dtype``. ``values`` may be any strided view (the tiler's output
+    is planar): reading it a band at a time makes one pass over memory instead of four."""
+    out = np.empty(values.shape, dtype)
+    if values.size == 0:
+        return out
+    step = max(1, _QUANTIZE_STEP // (values.size // values.shape[0]))
+    # Planar memory is interleaved a channel at a time (numpy would otherwise step over the channels innermost).
+    planar = values.ndim == 3 and values.shape[2] > 1 and values.strides[2] != values.itemsize
+    for y in range(0, values.shape[0], step):
+        band = values[y : y + step]
+        np.clip(band, 0.0, 1.0, out=band)
+        if maxval is not None:
+            band *= maxval
+            np.rint(band, out=band)
+        if planar:
+            for c in range(values.shape[2]):
+                out[y : y + step, :, c] = band[:, :, c]
+        else:
+            out[y : y + step] = band
+    return out
 
 
 def from_planes(planes: Planes, color: np.ndarray, alpha: np.ndarray | None) -> ImageLike:
     """Rebuild the caller's type from processed planes (same layout as ``planes``, new size).
 
     ``color`` and ``alpha`` are consumed: they are clipped and scaled in place to keep peak memory low."""
-    np.clip(color, 0.0, 1.0, out=color)
-    if alpha is not None:
-        np.clip(alpha, 0.0, 1.0, out=alpha)
     if not planes.is_pil:
         stacked = color if alpha is None else np.concatenate([color, alpha[:, :, None]], axis=2)
         if planes.ndim == 2:
             stacked = stacked[:, :, 0]
         maxval = _maxval(planes.dtype)
-        if maxval == 1.0:
-            return stacked.astype(planes.dtype)
-        return _quantize(stacked, maxval, planes.dtype.type)
+        return _quantize(stacked, None if maxval == 1.0 else maxval, planes.dtype.type)
     if planes.out_mode in ("I;16", "I"):
         values = _quantize(color[:, :, 0], 65535.0, np.uint16 if planes.out_mode == "I;16" else np.int32)
         out = Image.fromarray(values)
