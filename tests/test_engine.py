@@ -207,7 +207,7 @@ def test_tiled_equals_untiled(engine: Engine, model: str) -> None:
     tiled = engine.upscale(lr, model=model, size=hr.size, tile=48)  # many tiles, many seams
     assert metrics.psnr(untiled, tiled, crop_border=scale) > 60  # the two agree almost exactly
     gap = abs(metrics.psnr(hr, untiled, scale) - metrics.psnr(hr, tiled, scale))
-    assert gap < 0.05, f"tiling costs {gap:.3f} dB"
+    assert gap <= 0.01, f"tiling moves PSNR by {gap:.4f} dB"  # measured: 0.0007-0.0056 dB at 48 px tiles
 
 
 SPAN_X4_TILE_PIXELS = 768 * 2**20 // 4_500  # the default memory budget over span-x4's bytes per input pixel
