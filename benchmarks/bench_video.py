@@ -288,6 +288,8 @@ def speed_rows(
             fn()
             times[key].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
+    each = [c / max(a, b) for a, b, c in zip(times["a"], times["b"], times["c"], strict=True)]
+    print("whole / max(a, b) in each repeat: " + ", ".join(f"{r:.2f}" for r in each), file=sys.stderr)
     io = f"{small[0]}x{small[1]} -> {size[0]}x{size[1]}"
     rows: list[list[object]] = [
         ["decode only (reference)", f"{small[0]}x{small[1]}", n, med["decode"], n / med["decode"]],
