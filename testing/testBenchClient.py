@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="codec of the full-size baseline at the same bytes (default avif; none skips it)",
     )
     run.add_argument("--limit", type=int, default=None, help="only the first N images of the CSV")
-    run.add_argument("--delete", action="store_true", help="delete the stored objects at the end")
+    run.add_argument(
+        "--delete", action="store_true", help="delete the stored images at the end (the API deletes no video)"
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     done = [r for r in results if r is not None]
     if args.delete:
-        for item in items:
+        for item in (i for i in items if not is_video(i.path)):  # no route deletes a video
             with contextlib.suppress(ClientError):  # never stored, or already gone
                 probe.delete(item.key, args.bucket)
     info = _run_info(args, bench, done, probe.base_url, out_dir, started, time.perf_counter() - t0)
