@@ -121,19 +121,26 @@ def _summary(status: dict[str, Any]) -> str:
         f"time: {t['megapixels']} MP, {t['seconds_per_megapixel']} s/MP; share "
         + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t["share"].items())
     )
-    before, after = cost["usd_per_month_before"], cost["usd_per_month_after"]
+    per_tib = cost["usd_per_month_per_tib_of_originals"]
     lines.append(
-        "USD/month before -> after: "
-        + ", ".join(f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k in before)
+        "USD/month per TiB of originals like these, before -> after: "
+        + ", ".join(f"{k} {v['before']:,.2f} -> {v['after']:,.2f}" for k, v in per_tib.items())
         + f" (prices of {cost['prices'].get('as_of')})"
     )
     return "\n".join(lines)
 
 
-def _workers(count: int) -> list[subprocess.Popen]:
-    """``count`` local workers (``python -m video_upscaler``), each in its own process group."""
+def _workers(count: int, folder: Path) -> list[subprocess.Popen]:
+    """``count`` local workers (``python -m video_upscaler``), each in its own process group, logging (JSON lines)
+    to ``folder``/workers.log."""
+    if not count:
+        return []
     argv = [sys.executable, "-m", "video_upscaler", "--wait-seconds", "1"]
-    return [subprocess.Popen(argv, start_new_session=True) for _ in range(count)]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "workers.log", "ab") as log:
+        return [
+            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True) for _ in range(count)
+        ]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -220,10 +227,10 @@ def run(args: argparse.Namespace) -> int:
             if est["bytes_after"] is not None:
                 print(f"estimate: {est['bytes_after']:,} bytes after ({est['saved_percent']}% saved)")
                 print(
-                    "USD/month before -> after: "
+                    "USD/month per TiB of originals like these, before -> after: "
                     + ", ".join(
-                        f"{k} {v:.4f} -> {est['usd_per_month_after'][k]:.4f}"
-                        for k, v in est["usd_per_month_before"].items()
+                        f"{k} {v['before']:,.2f} -> {v['after']:,.2f}"
+                        for k, v in est["usd_per_month_per_tib_of_originals"].items()
                     )
                     + f" (prices of {est['prices_as_of']})"
                 )
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(record.id)
             return 0
-        procs = _workers(args.workers)
+        procs = _workers(args.workers, Path(args.report or f"migration-{record.id}"))
         try:
             state = _follow(jobs, record.id, settings, args)
         finally:

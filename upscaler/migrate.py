@@ -551,10 +551,15 @@ def run_chunk(ctx: Context, job: Job, stop: Callable[[], bool] | None = None) ->
             save(force=True)  # the job store knows it was verified before the original goes
         results[key] = apply_action(originals, result, on_verified, state["id"])
         save()
-    state["results"] = results
+    save(force=True)  # the Completed row keeps these results (a transition writes over the stored row)
     carried = sum(1 for r in results.values() if r.get("carried"))
-    log.info("migration chunk done", extra={"job": job.id, "objects": len(results), "carried": carried})
-    return spec.dest, len(results), carried, {"migration": state}
+    verified = [r for r in results.values() if r.get("state") == VERIFIED]
+    totals = {
+        "source_bytes": sum(r.get("bytes_before", 0) for r in verified),
+        "output_bytes": sum(r.get("bytes_after", 0) for r in verified),
+    }
+    log.info("migration chunk done", extra={"job": job.id, "objects": len(results), "carried": carried, **totals})
+    return spec.dest, len(results), carried, totals
 
 
 # ---- submitting and following a migration ----------------------------------------------------------------------
@@ -743,6 +748,7 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any], settings: S
     prices = load_prices(settings)
     cost_before = monthly_cost([r["bytes_before"] for r in verified], prices)
     cost_after = monthly_cost([r["bytes_after"] for r in verified], prices)
+    tib = 2**40 / before if before else 0.0
     spec = meta.get("spec", {})
     return {
         "objects": {
@@ -778,6 +784,9 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any], settings: S
             "usd_per_month_before": cost_before,
             "usd_per_month_after": cost_after,
             "usd_per_month_saved": {k: round(cost_before[k] - cost_after[k], 6) for k in cost_before},
+            "usd_per_month_per_tib_of_originals": {  # the same objects, scaled to 1 TiB of originals
+                k: {"before": round(v * tib, 2), "after": round(cost_after[k] * tib, 2)} for k, v in cost_before.items()
+            },
         },
     }
 
@@ -896,6 +905,9 @@ class Plan:
         ratio = sum(s["stored_bytes"] for s in ok) / max(1, sum(s["bytes"] for s in ok)) if ok else None
         prices = load_prices(settings)
         sizes = self.sizes
+        before = monthly_cost(sizes, prices)
+        after = None if ratio is None else monthly_cost([int(s * ratio) for s in sizes], prices)
+        tib = 2**40 / self.bytes if self.bytes else 0.0
         estimate = None if ratio is None else round(self.bytes * ratio)
         return {
             "id": self.spec.id,
@@ -919,8 +931,12 @@ class Plan:
             "estimate": {
                 "bytes_after": estimate,
                 "saved_percent": None if ratio is None else round(100 * (1 - ratio), 2),
-                "usd_per_month_before": monthly_cost([int(s) for s in sizes], prices),
-                "usd_per_month_after": None if ratio is None else monthly_cost([int(s * ratio) for s in sizes], prices),
+                "usd_per_month_before": before,
+                "usd_per_month_after": after,
+                "usd_per_month_per_tib_of_originals": {
+                    k: {"before": round(v * tib, 2), "after": None if after is None else round(after[k] * tib, 2)}
+                    for k, v in before.items()
+                },
                 "prices_as_of": prices.get("as_of"),
             },
         }
