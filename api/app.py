@@ -18,6 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from api import auth, cancel, errors, legacy, metrics, migrations, v1, videos
 from api.openapi import spec
+from api.params import operation
 from api.responses import install_redactor
 from upscaler import logs
 from upscaler.config import Settings
@@ -101,6 +102,9 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
     checks = _OneAtATime(check_dependencies)
 
     @app.get("/ready")
+    @operation(
+        summary="Readiness: model loaded, store and job table reachable", answer="ready", errors=(503,), public=True
+    )
     def ready_route() -> Response:
         if not ready.is_set():
             raise Unavailable(failure[-1] if failure else "model still loading", retry_after=2)
@@ -113,12 +117,16 @@ def create_app(settings: Settings | None = None, *, service: S3CommonUpscaler | 
         return jsonify({"status": "ready", **service.provider.describe(), "storage": settings.storage})
 
     @app.get("/metrics")
+    @operation(summary="Prometheus metrics", answer="text exposition", returns="text/plain")
     def metrics_route() -> Response:
         return metrics.exposition()  # any valid key: Prometheus sends one as a bearer token
 
     @app.get("/openapi.json")
+    @operation(summary="This document", answer="OpenAPI 3.1", returns=dict[str, Any])
     def openapi_route() -> Response:
-        return jsonify(spec())
+        if "upscaler.openapi" not in app.extensions:  # the routes are all registered by the first request
+            app.extensions["upscaler.openapi"] = spec(app)
+        return jsonify(app.extensions["upscaler.openapi"])
 
     return app
 

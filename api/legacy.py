@@ -11,12 +11,12 @@ import base64
 import json
 import logging
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from api import params
+from api import schemas
 from api.auth import allowed, job_allowed, video_job_allowed
+from api.params import operation
 from api.responses import LEGACY_BLUEPRINT, job_answer, legacy
-from api.videos import encoding_options
 from upscaler.service import S3CommonUpscaler
 from upscaler.videos import VideoJobs
 
@@ -34,28 +34,33 @@ def service() -> S3CommonUpscaler:
 
 
 @bp.post("/store")
-def store() -> Response:
-    body = params.json_body()
-    key = params.text(body, "s3_key_name", required=True)
-    data = params.b64_image(body.get("image"), "image")
-    method = params.text(body, "upscaleMethod", max_len=64)
-    if method and method.lower() not in UPSCALE_METHODS:
-        log.info("unknown upscaleMethod ignored", extra={"upscale_method": method})
-    params.text(body, "endpoint", max_len=63)  # accepted for compatibility; the endpoint matters at retrieve
-    bucket = allowed("write", params.text(body, "s3_bucket", max_len=63), key)
-    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(body))
+@operation(
+    summary="Downscale and store a base64 image (legacy)",
+    body=schemas.LegacyStore,
+    answer="stored",
+    returns=schemas.legacy(schemas.StoreResult),
+)
+def store(body: schemas.LegacyStore) -> Response:
+    if body.upscaleMethod and body.upscaleMethod.lower() not in UPSCALE_METHODS:
+        log.info("unknown upscaleMethod ignored", extra={"upscale_method": body.upscaleMethod})
+    bucket = allowed("write", body.s3_bucket, body.s3_key_name)  # endpoint: accepted; it matters at retrieve
+    result = service().store_image(body.image, bucket=bucket, key=body.s3_key_name, **body.store_options())
     return legacy(result.to_dict())
 
 
 @bp.get("/retrieve")
-def retrieve() -> Response:
-    args = request.args.to_dict()
-    key = params.text(args, "s3_key", required=True)
+@operation(
+    summary="Upscale a stored image back to its original size and format (legacy, base64)",
+    query=schemas.LegacyRetrieve,
+    answer="the image file, base64",
+    returns=schemas.legacy(str),
+)
+def retrieve(query: schemas.LegacyRetrieve) -> Response:
     result = service().retrieve_image(
-        bucket=allowed("read", params.text(args, "s3_bucket", max_len=63), key),
-        key=key,  # type: ignore[arg-type]
-        endpoint=params.text(args, "endpoint", max_len=63),
-        **params.retrieve_options(args),
+        bucket=allowed("read", query.s3_bucket, query.s3_key),
+        key=query.s3_key,
+        endpoint=query.endpoint,
+        **query.retrieve_options(),
     )
     return legacy(
         base64.b64encode(result.data).decode("ascii"),
@@ -67,59 +72,66 @@ def videos() -> VideoJobs:
     return current_app.extensions["upscaler.videos"]
 
 
-def _size(source: dict, field: str) -> int | None:
-    value = params.number(source, field, lo=1, hi=16384, integer=True)
-    return None if value is None else int(value)
-
-
 @bp.post("/storeVideo")
-def store_video() -> Response:
+@operation(
+    summary="Downscale a video already in the bucket (legacy); data is the job id",
+    description="Sized exactly as the original's getNewDim (see sizing on /v1/jobs), then rounded down to even sides.",
+    body=schemas.StoreVideo,
+    answer="accepted",
+    returns=schemas.legacy(str),
+)
+def store_video(body: schemas.StoreVideo) -> Response:
     """Downscale a video already in the bucket, sized as the original's getNewDim did; ``data`` is the job id."""
-    body = params.json_body()
-    key = params.text(body, "s3_key_name", required=True)
-    output = params.text(body, "output_key")
-    bucket = video_job_allowed(params.text(body, "s3_bucket", max_len=63), key, output, "downscale")
     job = videos().submit(
         method="downscale",
-        bucket=bucket,
-        key=key,  # type: ignore[arg-type]
-        min_size=_size(body, "min_size"),
-        max_size=_size(body, "max_size"),
-        output_key=output,
+        bucket=video_job_allowed(body.s3_bucket, body.s3_key_name, body.output_key, "downscale"),
+        key=body.s3_key_name,
+        min_size=body.min_size,
+        max_size=body.max_size,
+        output_key=body.output_key,
         sizing="original",
-        **encoding_options(body),
+        **body.encoding_options(),
     )
     return legacy(job.id)
 
 
 @bp.get("/retrieveVideo")
-def retrieve_video() -> Response:
+@operation(
+    summary="Upscale a downscaled video back to its original size (legacy); data is the job id",
+    query=schemas.RetrieveVideo,
+    answer="accepted",
+    returns=schemas.legacy(str),
+)
+def retrieve_video(query: schemas.RetrieveVideo) -> Response:
     """Upscale a (downscaled) video in the bucket back to its original size; ``data`` is the job id."""
-    args = request.args.to_dict()
-    workers = params.number(args, "max_workers", lo=1, hi=videos().settings.video_max_workers, integer=True)
-    key = params.text(args, "s3_key", required=True)
-    output = params.text(args, "output_key")
     job = videos().submit(
         method="upscale",
-        bucket=video_job_allowed(params.text(args, "s3_bucket", max_len=63), key, output, "upscale"),
-        key=key,  # type: ignore[arg-type]
-        endpoint=params.text(args, "endpoint", max_len=63),
-        max_workers=None if workers is None else int(workers),
-        model=params.text(args, "model", max_len=64),
-        output_key=output,
-        **encoding_options(args),
+        bucket=video_job_allowed(query.s3_bucket, query.s3_key, query.output_key, "upscale"),
+        key=query.s3_key,
+        endpoint=query.endpoint,
+        max_workers=query.max_workers,
+        model=query.model,
+        output_key=query.output_key,
+        **query.encoding_options(),
     )
     return legacy(job.id)
 
 
 @bp.get("/getVideoStatus")
-def video_status() -> Response:
+@operation(
+    summary="A video job's status (legacy); data is a JSON string {output, status, error, progress}",
+    query=schemas.VideoStatus,
+    answer="status",
+    returns=schemas.legacy(str),
+)
+def video_status(query: schemas.VideoStatus) -> Response:
     """``data`` is a JSON *string*, as the original sent it: {"output", "status"} plus error and progress."""
-    job = job_allowed("read", videos().get(params.text(request.args.to_dict(), "id", required=True, max_len=128)))  # type: ignore[arg-type]
+    job = job_allowed("read", videos().get(query.id))
     return legacy(json.dumps(job_answer(job.legacy_status())))
 
 
 @bp.get("/health")
+@operation(summary="Liveness", answer="alive", public=True)
 def health() -> Response:
     resp = legacy("ok")
     resp.set_data(b'[{"status":"ok"},200]\n')

@@ -1,25 +1,73 @@
-"""Reading and checking request fields: one place, so every route validates the same way."""
+"""Reading a request through its route's declared schema: ``@operation(...)`` names the models of
+:mod:`api.schemas` a view takes (query, JSON body) and what it answers; the fields are validated before the view
+runs and given to it as ``query=`` / ``body=``, and :mod:`api.openapi` publishes the same declaration."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
-import re
-from typing import Any
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from flask import request
+from flask import current_app, request
+from pydantic import create_model
 
+from api.schemas import Fields, Number, Text, Whole, parse
 from upscaler.errors import InvalidInput, UnsupportedMedia
-
-_DATA_URL = re.compile(r"^data:[\w.+/-]+;base64,", re.IGNORECASE)
-
 
 #: Deepest nesting of a JSON body (objects and arrays); no request of this API needs more than three.
 MAX_JSON_DEPTH = 32
 
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route and method as declared: what it reads and what it answers (the OpenAPI operation)."""
+
+    summary: str
+    #: The models the request's query string and JSON body are validated with.
+    query: type[Fields] | None = None
+    body: type[Fields] | None = None
+    #: Content types of a raw request body (an image or video file), when the body is not JSON.
+    raw: tuple[str, ...] = ()
+    #: Request headers it reads: (name, description).
+    headers: tuple[tuple[str, str], ...] = ()
+    #: The success answer: status, description, and its JSON type (a model or a type) or a binary content type.
+    status: int = 200
+    answer: str = "done"
+    returns: Any = None
+    #: Error statuses particular to this operation (the common ones are added to every operation).
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    #: The summary of HEAD when the view answers it on purpose (GET's automatic HEAD is not documented).
+    head: str = ""
+    #: Answers without credentials (/health, /ready).
+    public: bool = False
+
+
+def operation(**declared: Any) -> Callable[[View], View]:
+    """Declare a view's operation; its ``query`` and ``body`` models are parsed before it runs."""
+    op = Operation(**declared)
+
+    def wrap(view: View) -> View:
+        @functools.wraps(view)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            context = {"max_workers": current_app.extensions["upscaler.settings"].video_max_workers}
+            if op.body is not None:
+                kwargs["body"] = parse(op.body, json_body(), **context)
+            if op.query is not None:
+                kwargs["query"] = parse(op.query, request.args.to_dict(), **context)
+            return view(*args, **kwargs)
+
+        run.operation = op  # type: ignore[attr-defined]
+        return run  # type: ignore[return-value]
+
+    return wrap
+
 
 def json_body() -> dict[str, Any]:
+    """The request's JSON object: 415 when it is not JSON, 400 when it is not an object or nests too deeply."""
     if not request.is_json:
         ctype = request.content_type or "none"
         raise UnsupportedMedia(f"expected Content-Type application/json, got {ctype}")
@@ -49,81 +97,22 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def b64_image(value: Any, field: str) -> bytes:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"'{field}' must be a non-empty base64 string")
-    text = _DATA_URL.sub("", value.strip())
-    text = "".join(text.split())  # tolerate line breaks (MIME base64)
-    try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"'{field}' is not valid base64") from None
-    if not data:
-        raise InvalidInput(f"'{field}' decodes to no bytes")
-    return data
-
-
 def text(source: dict[str, Any], field: str, *, required: bool = False, max_len: int = 1024) -> str | None:
-    value = source.get(field)
-    if value is None or value == "":
-        if required:
-            raise InvalidInput(f"'{field}' is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"'{field}' must be a string")
-    if len(value) > max_len:
-        raise InvalidInput(f"'{field}' is longer than {max_len} characters")
-    return value
+    """One text field of ``source``, checked as a declared schema's would be (for a route not declared yet)."""
+    return getattr(parse(_one(field, "text", float(max_len), 0.0, required), source), field)
 
 
 def number(source: dict[str, Any], field: str, *, lo: float, hi: float, integer: bool = False) -> float | None:
-    value = source.get(field)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise InvalidInput(f"'{field}' must be a number")
-    try:
-        num = float(value)
-    except OverflowError:  # an integer past float's range (1e309): out of range, not malformed
-        num = math.inf
-    except (TypeError, ValueError):
-        raise InvalidInput(f"'{field}' must be a number") from None
-    if not math.isfinite(num) or not lo <= num <= hi:
-        raise InvalidInput(f"'{field}' must be between {lo:g} and {hi:g}")
-    if integer:
-        if num != int(num):
-            raise InvalidInput(f"'{field}' must be a whole number")
-        return int(num)
-    return num
+    """One number of ``source`` in ``lo..hi``, checked as a declared schema's would be (a route not declared yet)."""
+    return getattr(parse(_one(field, "whole" if integer else "number", float(lo), float(hi), False), source), field)
 
 
-def target(source: dict[str, Any]) -> str | None:
-    """A quality target: ``"psnr:35"``, ``"ssim:0.95"``, or a bare number (PSNR-Y in dB)."""
-    value = source.get("target")
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"psnr:{value}"
-    if not isinstance(value, str) or len(value) > 32:
-        raise InvalidInput("'target' must be like 'psnr:35', 'ssim:0.95' or a number of dB")
-    return value
-
-
-def store_options(source: dict[str, Any]) -> dict[str, Any]:
-    """Optional store settings shared by the legacy and /v1 routes."""
-    return {
-        "scale": number(source, "scale", lo=1, hi=4),
-        "codec": text(source, "codec", max_len=32),
-        "quality": number(source, "quality", lo=1, hi=100, integer=True),
-        "model": text(source, "model", max_len=64),
-        "target": target(source),
-    }
-
-
-def retrieve_options(source: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": text(source, "format", max_len=16),
-        "quality": number(source, "quality", lo=1, hi=100, integer=True),
-        "scale": number(source, "scale", lo=1, hi=16),
-        "model": text(source, "model", max_len=64),
-    }
+@functools.cache
+def _one(field: str, kind: str, a: float, b: float, required: bool) -> type[Fields]:
+    """A model of the one field ``field``: ``text`` of at most ``a`` characters, or a ``whole`` / ``number`` in
+    ``a..b``."""
+    shape = {"text": lambda: Text(int(a)), "whole": lambda: Whole(int(a), int(b)), "number": lambda: Number(a, b)}
+    kind_type = shape[kind]()
+    return create_model(
+        f"One_{field}", __base__=Fields, **{field: (kind_type, ...) if required else (kind_type | None, None)}
+    )

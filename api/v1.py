@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from api import params
+from api import schemas
 from api.auth import allowed
+from api.params import operation
 from api.responses import location
 from upscaler import media, sources
 from upscaler.engine import registry
-from upscaler.errors import InvalidInput, UnsupportedMedia
+from upscaler.errors import InvalidInput, NotFound, UnsupportedMedia
 from upscaler.service import S3CommonUpscaler
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -25,20 +27,16 @@ def service() -> S3CommonUpscaler:
     return current_app.extensions["upscaler.service"]
 
 
-def _source_bytes(body: dict) -> bytes:
-    """The image of a JSON body: ``img``/``image`` (base64), ``url`` (http/https/s3)."""
+def _source_bytes(body: schemas.ImageSource) -> bytes:
+    """The image of a JSON body: ``img``/``image`` (base64), or ``url`` (http/https/s3)."""
     svc = service()
-    img = body.get("img", body.get("image"))
-    url = params.text(body, "url", max_len=4096)
-    if (img is None) == (url is None):
-        raise InvalidInput("give exactly one of 'img' (base64) or 'url'")
-    if img is not None:
-        return params.b64_image(img, "img")
-    assert url is not None
-    if url.startswith("s3://"):
-        bucket, key = sources.parse_s3_url(url)
+    if body.img is not None:
+        return body.img
+    assert body.url is not None  # the schema asks for exactly one
+    if body.url.startswith("s3://"):
+        bucket, key = sources.parse_s3_url(body.url)
         return svc.source_image(allowed("read", bucket, key), key)  # one this service stored: its original
-    return sources.fetch_url(url, svc.settings, svc.settings.max_image_bytes)
+    return sources.fetch_url(body.url, svc.settings, svc.settings.max_image_bytes)
 
 
 def _image_headers(record: media.ImageRecord) -> dict[str, str]:
@@ -60,41 +58,60 @@ def _not_metadata(key: str) -> None:
 
 
 @bp.put("/images/<path:key>")
-def put_image(key: str) -> Response:
+@operation(
+    summary="Store an image given as the raw request body",
+    query=schemas.PutImageQuery,
+    raw=("image/*", "application/octet-stream"),
+    status=201,
+    answer="stored",
+    returns=schemas.StoreResult,
+)
+def put_image(key: str, query: schemas.PutImageQuery) -> Response:
     _not_metadata(key)
-    args = request.args.to_dict()
-    bucket = allowed("write", params.text(args, "bucket", max_len=63), key)
+    bucket = allowed("write", query.bucket, key)
     ctype = (request.mimetype or "").lower()
     if ctype and not ctype.startswith(UPLOAD_TYPES):
         raise UnsupportedMedia(f"upload the image bytes as the body (image/*), not {ctype}")
     data = request.get_data(cache=False)
     if not data:
         raise InvalidInput("the request body is empty: send the image bytes")
-    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(args))
+    result = service().store_image(data, bucket=bucket, key=key, **query.store_options())
     resp = jsonify(result.to_dict())
     resp.status_code = 201
-    resp.headers["Location"] = location("/v1/images/", key, result.bucket if "bucket" in args else None)
+    resp.headers["Location"] = location("/v1/images/", key, result.bucket if query.bucket else None)
     return resp
 
 
 @bp.post("/images/<path:key>")
-def post_image(key: str) -> Response:
+@operation(
+    summary="Store an image from a URL, s3:// or base64 JSON body",
+    body=schemas.PostImage,
+    status=201,
+    answer="stored",
+    returns=schemas.StoreResult,
+)
+def post_image(key: str, body: schemas.PostImage) -> Response:
     """Store from a JSON body: ``{"url": "https://..." | "s3://b/k"}`` or ``{"img": base64}``, plus options."""
     _not_metadata(key)
-    body = params.json_body()
-    bucket = allowed("write", params.text(body, "bucket", max_len=63), key)
+    bucket = allowed("write", body.bucket, key)
     data = _source_bytes(body)
-    result = service().store_image(data, bucket=bucket, key=key, **params.store_options(body))
+    result = service().store_image(data, bucket=bucket, key=key, **body.store_options())
     resp = jsonify(result.to_dict())
     resp.status_code = 201
     return resp
 
 
 @bp.route("/images/<path:key>", methods=["GET", "HEAD"])
-def get_image(key: str) -> Response:
-    args = request.args.to_dict()
-    bucket = allowed("read", params.text(args, "bucket", max_len=63), key)
-    options = params.retrieve_options(args)
+@operation(
+    summary="The image upscaled to its original size and format (raw bytes)",
+    query=schemas.GetImageQuery,
+    answer="the image",
+    returns="image/*",
+    head="Headers describing the stored image and the answer GET would give; runs no model",
+)
+def get_image(key: str, query: schemas.GetImageQuery) -> Response:
+    bucket = allowed("read", query.bucket, key)
+    options = query.retrieve_options()
     if request.method == "HEAD":  # what GET would answer, from the record alone: never runs a model
         options.pop("model")
         record, (width, height), ctype, length = service().retrieval_head(bucket=bucket, key=key, **options)
@@ -104,9 +121,7 @@ def get_image(key: str) -> Response:
         if length is not None:  # the stored original is given back byte for byte
             resp.headers["Content-Length"] = str(length)
         return resp
-    result = service().retrieve_image(
-        bucket=bucket, key=key, endpoint=params.text(args, "endpoint", max_len=63), **options
-    )
+    result = service().retrieve_image(bucket=bucket, key=key, endpoint=query.endpoint, **options)
     resp = Response(result.data, status=200, content_type=result.content_type)
     resp.headers.update(_image_headers(result.record))
     resp.headers["X-Output-Size"] = f"{result.width}x{result.height}"
@@ -114,32 +129,40 @@ def get_image(key: str) -> Response:
 
 
 @bp.get("/images/<path:key>/metadata")
-def image_metadata(key: str) -> Response:
-    record = service().record(allowed("read", params.text(request.args.to_dict(), "bucket", max_len=63), key), key)
+@operation(
+    summary="The stored record (original size, format, mode, stored form)",
+    query=schemas.BucketQuery,
+    answer="the record",
+    returns=dict[str, Any],
+)
+def image_metadata(key: str, query: schemas.BucketQuery) -> Response:
+    record = service().record(allowed("read", query.bucket, key), key)
     return jsonify(record.describe())
 
 
 @bp.delete("/images/<path:key>")
-def delete_image(key: str) -> Response:
+@operation(summary="Delete the stored image", query=schemas.BucketQuery, status=204, answer="deleted")
+def delete_image(key: str, query: schemas.BucketQuery) -> Response:
     _not_metadata(key)
-    bucket = allowed("write", params.text(request.args.to_dict(), "bucket", max_len=63), key)
-    deleted = service().delete_image(bucket=bucket, key=key)
-    if not deleted:
-        from upscaler.errors import NotFound
-
+    bucket = allowed("write", query.bucket, key)
+    if not service().delete_image(bucket=bucket, key=key):
         raise NotFound(f"no image at {key!r}")
     return Response(status=204)
 
 
 @bp.post("/upscale")
-def upscale() -> Response:
+@operation(
+    summary="Upscale an image without storing it (img or url in, base64 out)",
+    body=schemas.Upscale,
+    answer="upscaled",
+    returns=schemas.Upscaled,
+)
+def upscale(body: schemas.Upscale) -> Response:
     """Direct super-resolution without storing, as the image super-resolution kit offers:
     ``{"img": base64 | "url": ..., "scale": 2 | 4, "model": ..., "format": ...}`` -> ``{"result": base64}``."""
-    body = params.json_body()
     data = _source_bytes(body)
-    scale = params.number(body, "scale", lo=1, hi=4) or 2
     out, ctype, (width, height) = service().upscale_bytes(
-        data, scale=scale, model=params.text(body, "model", max_len=64), format=params.text(body, "format", max_len=16)
+        data, scale=body.scale or 2, model=body.model, format=body.format
     )
     return jsonify(
         {"result": base64.b64encode(out).decode("ascii"), "content_type": ctype, "width": width, "height": height}
@@ -147,6 +170,7 @@ def upscale() -> Response:
 
 
 @bp.get("/models")
+@operation(summary="Models this service can run", answer="the models", returns=dict[str, Any])
 def models() -> Response:
     return jsonify(
         {

@@ -13,12 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from api import params
+from api import schemas
 from api.auth import allowed, job_allowed, principal, video_job_allowed
+from api.params import operation
 from api.responses import job_answer, location
 from upscaler.errors import InvalidInput, TooLarge, UnsupportedMedia
 from upscaler.videos import VideoJobs, idempotency_scope
@@ -34,9 +34,17 @@ def videos() -> VideoJobs:
 
 
 @bp.put("/videos/<path:key>")
-def put_video(key: str) -> Response:
+@operation(
+    summary="Upload a video (the raw file as the body); it is probed and checked against the limits",
+    query=schemas.BucketQuery,
+    raw=("video/*", "application/octet-stream"),
+    status=201,
+    answer="stored: size, frames, streams",
+    returns=schemas.VideoStored,
+)
+def put_video(key: str, query: schemas.BucketQuery) -> Response:
     svc = videos()
-    bucket = allowed("write", params.text(request.args.to_dict(), "bucket", max_len=63), key)
+    bucket = allowed("write", query.bucket, key)
     limit = svc.settings.video_max_bytes
     ctype = (request.mimetype or "").lower()
     if ctype and not ctype.startswith(UPLOAD_TYPES):
@@ -63,9 +71,15 @@ def put_video(key: str) -> Response:
 
 
 @bp.get("/videos/<path:key>")
-def get_video(key: str) -> Response:
+@operation(
+    summary="Download a stored video (a job's output, for instance)",
+    query=schemas.BucketQuery,
+    answer="the file",
+    returns="*/*",
+)
+def get_video(key: str, query: schemas.BucketQuery) -> Response:
     svc = videos()
-    bucket = allowed("read", params.text(request.args.to_dict(), "bucket", max_len=63), key)
+    bucket = allowed("read", query.bucket, key)
     tmp = tempfile.mkdtemp(dir=svc.settings.video_scratch or None, prefix="download-")
     try:
         path = Path(tmp) / "video"
@@ -81,20 +95,6 @@ def get_video(key: str) -> Response:
     return resp
 
 
-def encoding_options(source: dict[str, Any]) -> dict[str, Any]:
-    """A job's output encoding as asked (codec, crf or qp, preset, or a quality target that chooses them);
-    VideoJobs.submit checks it."""
-    crf = params.number(source, "crf", lo=0, hi=63, integer=True)
-    qp = params.number(source, "qp", lo=0, hi=63, integer=True)
-    return {
-        "codec": params.text(source, "codec", max_len=16),
-        "crf": None if crf is None else int(crf),
-        "qp": None if qp is None else int(qp),
-        "preset": params.text(source, "preset", max_len=16),
-        "target": params.text(source, "target", max_len=32),
-    }
-
-
 def idempotency_key() -> str | None:
     """The request's ``Idempotency-Key``, scoped to the caller (the same key from two callers names two jobs)."""
     key = request.headers.get("Idempotency-Key")
@@ -102,29 +102,36 @@ def idempotency_key() -> str | None:
 
 
 @bp.post("/jobs")
-def submit_job() -> Response:
-    body = params.json_body()
-    settings = videos().settings
-    workers = params.number(body, "max_workers", lo=1, hi=settings.video_max_workers, integer=True)
-    min_size = params.number(body, "min_size", lo=1, hi=16384, integer=True)
-    max_size = params.number(body, "max_size", lo=1, hi=16384, integer=True)
-    method = params.text(body, "method", required=True, max_len=16)
-    key = params.text(body, "key", required=True)
-    output = params.text(body, "output_key")
+@operation(
+    summary="Submit a video job (downscale, or upscale back to the original size)",
+    body=schemas.JobSubmit,
+    headers=(
+        (
+            "Idempotency-Key",
+            "the same key again with the same job answers that job instead of running it twice; with another "
+            "job, 409 (scoped to the caller)",
+        ),
+    ),
+    status=202,
+    answer="accepted",
+    returns=schemas.Job,
+    errors=(409,),
+)
+def submit_job(body: schemas.JobSubmit) -> Response:
     job = videos().submit(
-        method=method,  # type: ignore[arg-type]
-        bucket=video_job_allowed(params.text(body, "bucket", max_len=63), key, output, method or ""),
-        key=key,  # type: ignore[arg-type]
-        min_size=None if min_size is None else int(min_size),
-        max_size=None if max_size is None else int(max_size),
-        scale=params.number(body, "scale", lo=1, hi=8),
-        max_workers=None if workers is None else int(workers),
-        model=params.text(body, "model", max_len=64),
-        endpoint=params.text(body, "endpoint", max_len=63),
-        output_key=output,
-        sizing=params.text(body, "sizing", max_len=16) or "aspect",
+        method=body.method,
+        bucket=video_job_allowed(body.bucket, body.key, body.output_key, body.method),
+        key=body.key,
+        min_size=body.min_size,
+        max_size=body.max_size,
+        scale=body.scale,
+        max_workers=body.max_workers,
+        model=body.model,
+        endpoint=body.endpoint,
+        output_key=body.output_key,
+        sizing=body.sizing,
         idempotency_key=idempotency_key(),
-        **encoding_options(body),
+        **body.encoding_options(),
     )
     resp = jsonify(job_answer(job.to_v1()))
     resp.status_code = 202
@@ -133,11 +140,13 @@ def submit_job() -> Response:
 
 
 @bp.get("/jobs/<job_id>")
+@operation(summary="A job: status, progress, frames, output, error, timings", answer="the job", returns=schemas.Job)
 def get_job(job_id: str) -> Response:
     return jsonify(job_answer(job_allowed("read", videos().get(job_id)).to_v1()))
 
 
 @bp.delete("/jobs/<job_id>")
+@operation(summary="Cancel a job that has not finished", answer="cancelled", returns=schemas.Job, errors=(409,))
 def cancel_job(job_id: str) -> Response:
     job_allowed("write", videos().get(job_id))
     return jsonify(job_answer(videos().cancel(job_id).to_v1()))
