@@ -316,3 +316,47 @@ def test_the_http_api_checks_sources_scopes_and_answers_json(tmp_path: Path) -> 
     got = client.get(started.headers["Location"], headers=auth)
     assert got.status_code == 200 and got.json["id"] == started.json["id"]
     assert client.get("/v1/migrations/mig-0000000000000000", headers=auth).status_code == 404
+
+
+def test_an_s3_inventory_manifest_is_read_with_its_url_encoded_keys() -> None:
+    inventory = '"archive","photos/a%20b.jpg","1234"\n"archive","photos/%C3%A9t%C3%A9.png","99"\n'
+    assert migrate.read_manifest(inventory) == ("archive", ["photos/a b.jpg", "photos/été.png"])
+    assert migrate.read_manifest("bucket,key\narchive,x.jpg\n") == ("archive", ["x.jpg"])
+    with pytest.raises(migrate.InvalidInput, match="one bucket"):
+        migrate.read_manifest('"a","x"\n"b","y"\n')
+    with pytest.raises(migrate.InvalidInput, match="no objects"):
+        migrate.read_manifest("bucket,key\n")
+
+
+class _Changing(migrate.FolderOriginals):
+    """A folder whose original is rewritten right after each of its first ``times`` reads (someone else writing)."""
+
+    def __init__(self, root: Path, times: int) -> None:
+        super().__init__(root)
+        self.times = times
+
+    def read(self, key: str) -> tuple[bytes, str]:
+        data, version = super().read(key)
+        if self.times > 0:
+            self.times -= 1
+            path = self.root / key
+            path.write_bytes(path.read_bytes())  # same bytes, new mtime: a new version
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9 * (self.times + 1)))
+        return data, version
+
+
+def test_an_original_that_changes_during_its_migration_is_redone_then_reported(tmp_path: Path) -> None:
+    files = archive()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "p.jpg").write_bytes(files["photos/p00.jpg"])
+    settings = Settings.from_env({}, storage=str(tmp_path / "objects"), gpu="off", ncnn_threads=1)
+    service = _service(settings)
+    ctx = migrate.Context(service, open_job_store(settings.replace(job_store=str(tmp_path / "j.db"))), settings,
+                          migrate.TimedProvider(service.provider))  # fmt: skip
+    goal = migrate.Target.parse(TARGET)
+    once = migrate.migrate_one(ctx, _Changing(tmp_path / "src", 1), "p.jpg", ("media", "m/"), goal, None)
+    assert once["state"] == migrate.VERIFIED  # changed after the first read: redone, and verified the second time
+    always = migrate.migrate_one(ctx, _Changing(tmp_path / "src", 5), "p.jpg", ("media", "n/"), goal, None)
+    assert always["state"] == migrate.CHANGED and always["reason"] == "changed during migration"
+    assert not service.store.exists("media", "n/p.jpg")  # no stored form of a version that is not the original's
+    assert (tmp_path / "src" / "p.jpg").read_bytes() == files["photos/p00.jpg"]
