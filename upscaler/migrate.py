@@ -713,8 +713,13 @@ def monthly_cost(sizes: list[int], prices: dict[str, Any]) -> dict[str, float]:
     for name, c in prices["classes"].items():
         floor = int(c.get("min_object_bytes", 0))
         billed = sum(max(s, floor) for s in sizes)
-        out[name] = round(billed / 2**30 * float(c["usd_per_gb_month"]), 6)
+        out[name] = billed / 2**30 * float(c["usd_per_gb_month"])  # rounded where shown, not here
     return out
+
+
+def _cents(costs: dict[str, float]) -> dict[str, float]:
+    """Costs as shown: to a millionth of a dollar."""
+    return {k: round(v, 6) for k, v in costs.items()}
 
 
 def _quantiles(values: list[float]) -> dict[str, float] | None:
@@ -781,8 +786,8 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any], settings: S
         },
         "cost": {
             "prices": {k: v for k, v in prices.items() if k != "classes"},
-            "usd_per_month_before": cost_before,
-            "usd_per_month_after": cost_after,
+            "usd_per_month_before": _cents(cost_before),
+            "usd_per_month_after": _cents(cost_after),
             "usd_per_month_saved": {k: round(cost_before[k] - cost_after[k], 6) for k in cost_before},
             "usd_per_month_per_tib_of_originals": {  # the same objects, scaled to 1 TiB of originals
                 k: {"before": round(v * tib, 2), "after": round(cost_after[k] * tib, 2)} for k, v in cost_before.items()
@@ -931,8 +936,8 @@ class Plan:
             "estimate": {
                 "bytes_after": estimate,
                 "saved_percent": None if ratio is None else round(100 * (1 - ratio), 2),
-                "usd_per_month_before": before,
-                "usd_per_month_after": after,
+                "usd_per_month_before": _cents(before),
+                "usd_per_month_after": None if after is None else _cents(after),
                 "usd_per_month_per_tib_of_originals": {
                     k: {"before": round(v * tib, 2), "after": None if after is None else round(after[k] * tib, 2)}
                     for k, v in before.items()
