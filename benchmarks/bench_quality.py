@@ -20,6 +20,11 @@ Per image, in one run (every fidelity measured on a real retrieval through the s
 * the exact tier (``exact``) on the JPEG originals and on the packages' own PNG files: bytes saved, SHA-256 equal;
 * byte budgets ``bpp:0.03/0.05/0.1/0.2``: PSNR-Y reached, next to full-size AVIF and JPEG XL within the same budget.
 
+``--searches`` measures instead the exact search's two ways of placing its model runs, interleaved per image and
+target (A B, then B A on the next): bisection on the real retrieval (``guided=False``, the reference) against the
+guided search (bicubic's scores corrected by the model's gain; the default). Each decision starts from no encodes.
+Printed: stored bytes (total, ratio, worst image), model runs and seconds per MP, mean and max.
+
 Results go to a JSON-lines file, one line per image (a run can be stopped and resumed: images already there are
 skipped); the tables are printed at the end, or from the file with ``--report``. The machine was a shared 2-core
 CPU: times are indicative.
@@ -373,6 +378,73 @@ def _total(values: list, originals: list[int]) -> str:
     return f"{total:,}" + ("*" if any(v is None for v in values) else "")
 
 
+# ---- guided vs bisected -------------------------------------------------------------------------------------------
+
+
+def searches(svc: S3CommonUpscaler, name: str, data: bytes, targets: tuple[str, ...], flip: bool) -> dict:
+    """One image: per target, the exact search bisecting (reference) and guided, in alternating order."""
+    row: dict = {"name": name, "searches": {}}
+    for j, text in enumerate(targets):
+        cell = {}
+        order = (False, True) if (j + flip) % 2 == 0 else (True, False)
+        for guided in order:
+            decision = svc.decide(data, text, guided=guided)
+            cell["guided" if guided else "bisected"] = _form(decision) | {
+                "s_per_mp": decision.seconds_per_megapixel,
+                "model_runs": decision.model_runs,
+                "met": decision.target.met(decision.form.score),
+            }
+        row["searches"][text] = cell
+    return row
+
+
+def report_searches(rows: list[dict]) -> None:
+    targets = [t for t in TARGETS if all(t in r["searches"] for r in rows)]
+    out = []
+    for t in [*targets, "all"]:
+        cells = [r["searches"][x] for r in rows for x in (targets if t == "all" else [t])]
+        bis, gui = [c["bisected"] for c in cells], [c["guided"] for c in cells]
+        total_b, total_g = sum(c["bytes"] for c in bis), sum(c["bytes"] for c in gui)
+        ratios = [g["bytes"] / b["bytes"] for g, b in zip(gui, bis, strict=True)]
+        same = sum(g["form"] == b["form"] for g, b in zip(gui, bis, strict=True))
+        runs_b, runs_g = [c["model_runs"] for c in bis], [c["model_runs"] for c in gui]
+        spm_b, spm_g = [c["s_per_mp"] for c in bis], [c["s_per_mp"] for c in gui]
+        out.append(
+            [
+                t,
+                len(cells),
+                f"{total_b:,}",
+                f"{total_g:,}",
+                f"{total_g / total_b:.3f}",
+                f"{min(ratios):.3f}-{max(ratios):.3f}",
+                f"{same}/{len(cells)}",
+                f"{sum(c['met'] for c in gui)}/{len(cells)}",
+                f"{statistics.fmean(runs_b):.1f} / {max(runs_b)}",
+                f"{statistics.fmean(runs_g):.1f} / {max(runs_g)}",
+                f"{statistics.fmean(spm_b):.1f} / {max(spm_b):.1f}",
+                f"{statistics.fmean(spm_g):.1f} / {max(spm_g):.1f}",
+                f"{sum(spm_g) / sum(spm_b):.2f}",
+            ]
+        )
+    print(f"\nExact search, bisected (reference) vs guided, {len(rows)} images, interleaved, each from no encodes:")
+    headers = [
+        "target",
+        "decisions",
+        "bytes bisected",
+        "bytes guided",
+        "guided/bisected",
+        "per image",
+        "same form",
+        "guided met",
+        "runs bisected (mean/max)",
+        "runs guided (mean/max)",
+        "s/MP bisected (mean/max)",
+        "s/MP guided (mean/max)",
+        "time guided/bisected",
+    ]
+    print(table(headers, out))
+
+
 # ---- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -392,11 +464,21 @@ def main() -> None:
         "--reverse", action="store_true", help="last image first (a second process, with --also, takes the other end)"
     )
     parser.add_argument("--also", type=Path, help="another run's results file: images already there are skipped")
+    parser.add_argument(
+        "--searches",
+        action="store_true",
+        help="guided vs bisected exact search instead (default results file bench_quality_searches.jsonl)",
+    )
     args = parser.parse_args()
+    if args.searches and args.out == RESULTS / "bench_quality.jsonl":
+        args.out = RESULTS / "bench_quality_searches.jsonl"
     if args.report:
         lines = [json.loads(x) for path in args.report for x in path.read_text().splitlines() if x.strip()]
+        if any("searches" in x for x in lines):
+            report_searches(list({x["name"]: x for x in lines if "searches" in x}.values()))
         rows = list({x["name"]: x for x in lines if "targets" in x}.values())
-        report(rows, next((x["source"] for x in lines if "source" in x), "?"))
+        if rows:
+            report(rows, next((x["source"] for x in lines if "source" in x), "?"))
         return
     settings = Settings.from_env({}, ncnn_threads=2)
     engine = Engine(settings)
@@ -416,6 +498,13 @@ def main() -> None:
             if name in done | _names(args.also):
                 continue
             start = time.perf_counter()
+            if args.searches:
+                row = searches(svc, name, data, targets, flip=bool(i % 2))
+                row["seconds"] = time.perf_counter() - start
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                print(f"[{i + 1}/{len(picked)}] {name}: {row['seconds']:.0f} s", flush=True)
+                continue
             shared: dict = {}
             row = measure(svc, name, kind, data, targets, shared, timed=i < args.timed)
             row["exact_jpeg"] = exact_tier(svc, f"{i}.jpg", data)
@@ -428,7 +517,10 @@ def main() -> None:
             sink.flush()
             print(f"[{i + 1}/{len(picked)}] {name}: {row['seconds']:.0f} s", flush=True)
     lines = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
-    report([x for x in lines if "targets" in x], source)
+    if args.searches:
+        report_searches([x for x in lines if "searches" in x])
+    else:
+        report([x for x in lines if "targets" in x], source)
 
 
 if __name__ == "__main__":
