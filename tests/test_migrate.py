@@ -360,3 +360,18 @@ def test_an_original_that_changes_during_its_migration_is_redone_then_reported(t
     assert always["state"] == migrate.CHANGED and always["reason"] == "changed during migration"
     assert not service.store.exists("media", "n/p.jpg")  # no stored form of a version that is not the original's
     assert (tmp_path / "src" / "p.jpg").read_bytes() == files["photos/p00.jpg"]
+
+
+def test_a_link_out_of_the_source_folder_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "secret.jpg").write_bytes(archive()["photos/p00.jpg"])
+    (tmp_path / "src" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    settings = Settings.from_env({}, storage=str(tmp_path / "objects"), gpu="off", ncnn_threads=1)
+    service = _service(settings)
+    ctx = migrate.Context(service, open_job_store(settings.replace(job_store=str(tmp_path / "j.db"))), settings,
+                          migrate.TimedProvider(service.provider))  # fmt: skip
+    originals = migrate.FolderOriginals(tmp_path / "src")
+    assert list(originals.keys()) == ["link.jpg"]
+    result = migrate.migrate_one(ctx, originals, "link.jpg", ("media", "m/"), migrate.Target.parse(TARGET), None)
+    assert (result["state"], result["reason"]) == (migrate.FAILED_OBJ, "refused")
+    assert not service.store.exists("media", "m/link.jpg")

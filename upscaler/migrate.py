@@ -425,6 +425,10 @@ def migrate_one(
         if prev and prev.get("state") == VERIFIED:  # verified, then removed (a lifecycle rule): still migrated
             return {**prev, "carried": True}
         return {**result, "state": GONE, "reason": "gone"}
+    except UpscalerError as exc:  # a key this source refuses (a link out of the folder): this object fails alone
+        if exc.status >= 500:
+            raise
+        return {**result, "state": FAILED_OBJ, "reason": _reason(exc), "detail": exc.message[:300]}
     if prev and prev.get("state") == VERIFIED and prev.get("version") == version:
         try:
             if service.store.head(bucket, dest_key).etag == prev.get("dest_etag"):
