@@ -3,13 +3,14 @@
 Used by the engine (ncnn on the CPU/GPU) and by the SageMaker provider (tiles sent as separate requests), so there
 is one tiler. Along each axis the image is cut into the fewest tiles of at most ``tile`` pixels that overlap by at
 least ``overlap`` (n = ceil((side - overlap) / (tile - overlap))), all of one size (ceil((side + (n - 1) * overlap)
-/ n)) and spread evenly, so the only pixels a network computes twice are the overlaps (:func:`cover`).
+/ n)) and spread evenly, so the only pixels a network computes twice are the overlaps (:func:`cover`). With an
+area budget (``max_pixels``, the engine's on the CPU) the rows and columns are chosen together (:func:`plan`).
 
 In each overlap the two neighbours' weights ramp linearly in opposite directions over the same pixels, starting
 ``overlap // 4`` pixels in from each tile's edge, so the few pixels next to a tile edge (where a network sees zero
-padding instead of the real neighbours) never reach the output, and the weights add up to exactly one: tiles are
-added into the output once, with no weight plane and no division. Image borders are not tile edges and keep full
-weight.
+padding instead of the real neighbours) never reach the output, and the weights add up to exactly one: each tile
+is written into the output once (overlaps added to what the previous tiles wrote), with no weight plane and no
+division. Image borders are not tile edges and keep full weight.
 """
 
 from __future__ import annotations
