@@ -54,6 +54,7 @@ from upscaler.jobs import CANCELLED, FAILED, PROCESSING, SUBMITTED, Job, JobQueu
 from upscaler.jobs import submit as submit_job
 from upscaler.jobs.model import FINAL
 from upscaler.quality import Target
+from upscaler.report_style import REPORT_STYLE
 from upscaler.service import S3CommonUpscaler
 from upscaler.store import ObjectStore
 from upscaler.store.keys import RESERVED, validate_bucket
@@ -825,8 +826,6 @@ def write_csv(path: Path, results: dict[str, dict[str, Any]]) -> Path:
 
 def write_html(path: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> Path:
     """The report as a page in the test bench's style (``testing/report.py``)."""
-    from testing.report import _STYLE  # the test bench's look
-
     rep = summary["report"]
     esc = html.escape
 
@@ -861,7 +860,7 @@ def write_html(path: Path, summary: dict[str, Any], results: dict[str, dict[str,
     prices = cost["prices"]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Migration {esc(summary["id"])}</title>
-<style>{_STYLE}</style></head>
+<style>{REPORT_STYLE}</style></head>
 <body>
 <h1>Migration {esc(summary["id"])}</h1>
 <p class="meta">{esc(summary.get("source", ""))} → {esc(summary.get("dest", ""))}
