@@ -146,9 +146,6 @@ class Settings:
     max_inflight: int = 4
     #: Seconds a request waits for a free slot before it is answered 429 with Retry-After.
     inflight_wait: float = 10.0
-    #: Seconds with no image operation running after which the models' cached buffers and the freed heap go back
-    #: to the operating system (sooner, under steady load, they would be made again for the next request).
-    release_idle_after: float = 1.0
 
     # --- HTTP front (gunicorn with api.worker.ApiWorker) --------------------------------------------------------
     #: Seconds a new connection has to finish its TLS handshake.

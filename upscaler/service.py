@@ -91,12 +91,7 @@ class S3CommonUpscaler:
         self.limits = media.DecodeLimits(
             max_bytes=settings.max_image_bytes, max_megapixels=settings.max_source_megapixels
         )
-        self.slots = WorkSlots(
-            settings.max_inflight,
-            settings.inflight_wait,
-            queue=settings.max_queued,
-            release_after=settings.release_idle_after,
-        )
+        self.slots = WorkSlots(settings.max_inflight, settings.inflight_wait, queue=settings.max_queued)
 
     def _default_model(self) -> str:
         """The model a retrieval naming none runs: the local provider's, or the SageMaker endpoint it calls."""
