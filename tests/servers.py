@@ -87,13 +87,16 @@ def api_server(workdir: Path, env: dict[str, str] | None = None, extra_args: tup
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's real server on loopback; yields its endpoint URL."""
+    """moto's real server on loopback; yields its endpoint URL. It starts empty: moto keeps its backends in the
+    process, so a table or queue another test's server made would otherwise still be there (one at a time)."""
+    import requests
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
+        requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=30).raise_for_status()
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
