@@ -2,7 +2,9 @@
 
 PUT    /v1/videos/<key>?bucket=     the video file as the body -> 201 with what it holds
 GET    /v1/videos/<key>?bucket=     the stored file (a job's output, for instance)
-POST   /v1/jobs                     {"method": "downscale" | "upscale", "key", ...} -> 202, the job
+POST   /v1/jobs                     {"method": "downscale" | "upscale", "key", ...} -> 202, the job (an
+                                    Idempotency-Key header sent again with the same job: that job, not a new
+                                    one; with another job: 409)
 GET    /v1/jobs/<id>                the job: status, progress, frames, output, error, timings
 DELETE /v1/jobs/<id>                cancel a job that has not finished -> the job (409 if it had)
 """
