@@ -11,7 +11,8 @@ at a time) held every thread, and ``/health`` went unanswered for as long as the
   byte at a time holds no thread; a connection is closed after ``UPSCALER_IDLE_TIMEOUT`` seconds without a byte
   (kept-alive ones too);
 * the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` seconds and the request's head within
-  ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all (not per read);
+  ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all (not per read); a head in progress waits in the
+  poller under that deadline, not the idle one (a client pausing inside its head was cut at the idle time);
 * a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408); a body
   that keeps trickling holds its thread (bounded by ``UPSCALER_MAX_REQUEST_BYTES``, not by time);
 * gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's, and its
@@ -216,6 +217,23 @@ class ApiWorker(gthread.ThreadWorker):
             log.info("connection cut", extra={"phase": "request headers", "peer": str(conn.client)})
             return _cut(conn)
         return None
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        super().finish_request(conn, fs)
+        since = getattr(conn, "head_since", None)
+        if since is not None:  # deferred with part of a request's head in: its deadline is the header one, not idle
+            conn.timeout = since + self.header_timeout
+
+    def murder_pending(self) -> None:
+        """Close the deferred connections past their deadline. gunicorn's looks only at the oldest, since all get
+        the idle time; here a request's head in progress has the longer header deadline, so every one is looked at."""
+        now = time.monotonic()
+        for conn in [c for c in self.pending_conns if c.timeout <= now]:
+            self.pending_conns.remove(conn)
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         self.deadlines.disarm(conn)  # the headers are in: from here a stalled body read times out on its own

@@ -115,6 +115,28 @@ def test_slow_headers_are_cut_off_by_a_total_deadline(front: tuple[str, int]) ->
         s.close()
 
 
+def test_a_request_head_in_progress_waits_for_the_header_deadline_not_the_idle_one(tmp_path: Path) -> None:
+    """A client that pauses inside its request's head (a starved client, a slow link) longer than the idle time but
+    within the header deadline is answered; past the header deadline it is cut. It used to be cut at the idle time:
+    the deferred connection waited in gunicorn's poller under the keep-alive timeout."""
+    env = {"UPSCALER_IDLE_TIMEOUT": "2", "UPSCALER_HEADER_TIMEOUT": "8", "UPSCALER_VIDEO_WORKERS": "0"}
+    with api_server(tmp_path, env) as url:
+        port = int(url.rsplit(":", 1)[1])
+        answers = []
+        for pause in (4.5, 10.0):
+            with _connect(port) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                time.sleep(pause)
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Late: 1\r\n\r\n")
+                try:
+                    answers.append(sock.recv(64))
+                except OSError:
+                    answers.append(b"")
+    assert answers[0].startswith(b"HTTP/1.1 200"), answers
+    assert not answers[1].startswith(b"HTTP/1.1 200"), answers
+
+
 def test_stalled_handshakes_hold_no_thread_and_are_cut_off(front: tuple[str, int]) -> None:
     """More clients than threads start a TLS handshake and stall: /health is answered meanwhile (before the
     handshake deadline could free a thread), and each stalled one is closed."""
