@@ -93,7 +93,8 @@ class FaultProxy:
                     self.send_header("Content-Type", TYPES[kind])
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":  # as S3 does: a HEAD's error has no body (one here corrupts the
+                        self.wfile.write(payload)  # next answer on the kept-alive connection)
                     return
                 conn = http.client.HTTPConnection(proxy.target_host, proxy.target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
