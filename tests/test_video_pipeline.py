@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -13,8 +14,9 @@ from PIL import Image
 
 from upscaler.engine import Engine
 from upscaler.errors import InvalidInput, UndecodableImage, UnsupportedMedia
-from upscaler.media.video import VideoEncoding
+from upscaler.media.video import VideoEncoding, demote_realtime_threads
 from video_upscaler.pipeline import Interrupted, probe, transcode
+from video_upscaler.targeting import encode_decode
 
 ASS_HEADER = (
     b"[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize\nStyle: Default,Arial,16\n\n"
@@ -325,3 +327,32 @@ def test_a_still_image_is_not_a_video(tmp_path: Path, fmt: str) -> None:
     Image.new("RGB", (48, 32), (200, 10, 10)).save(path, fmt)
     with pytest.raises(UnsupportedMedia, match=r"still image \(\w+\), not a video: store images with"):
         probe(path)
+
+
+def _realtime_threads() -> list[int]:
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    return [t for t in tids if os.sched_getscheduler(t) in (os.SCHED_FIFO, os.SCHED_RR)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread policies are read from Linux's /proc")
+def test_an_av1_encode_leaves_no_thread_under_a_real_time_policy(tmp_path: Path) -> None:
+    """SVT-AV1 run as root moves its threads and the thread that opened it to SCHED_FIFO 99, above every normal
+    process on the host; the worker's encodes put them back (what a privileged AV1 open does is checked first)."""
+    out = av.open(str(tmp_path / "raw.mp4"), "w", format="mp4")
+    stream = out.add_stream("libsvtav1", rate=12)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    stream.codec_context.open()
+    escalated = len(_realtime_threads())
+    if os.geteuid() == 0 and escalated == 0:
+        pytest.skip("this libsvtav1 (or a container without CAP_SYS_NICE) does not raise thread priority")
+    assert demote_realtime_threads() == escalated and _realtime_threads() == []
+    out.close()
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=6, size=(64, 64))
+    transcode(
+        src, tmp_path / "av1.mp4", lambda rgb: rgb, size=(64, 64), encoding=VideoEncoding.choose("av1", preset="12")
+    )
+    assert _realtime_threads() == []
+    encode_decode([np.zeros((64, 64, 3), np.uint8)] * 3, VideoEncoding.choose("av1", preset="12"), Fraction(12))
+    assert _realtime_threads() == []

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from upscaler.errors import InvalidInput, UndecodableImage, UnsupportedMedia
-from upscaler.media.video import VideoEncoding, probe
+from upscaler.media.video import VideoEncoding, demote_realtime_threads, probe
 
 __all__ = ["Checkpoints", "Interrupted", "TranscodeReport", "probe", "transcode"]
 
@@ -126,6 +126,8 @@ class _SegmentWriter:
             self.packets.extend(self.stream.encode(frame))
         except av.FFmpegError as exc:
             raise self._refused(exc) from None
+        if self.frames == 0:  # the encoder is open and has made its threads
+            demote_realtime_threads()
 
     def _refused(self, exc: Exception) -> InvalidInput:
         """The encoder refused its settings or this frame size: the job's choice, not the source's fault."""

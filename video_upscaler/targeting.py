@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from upscaler.errors import InvalidInput
-from upscaler.media.video import CODECS, VideoEncoding, encoder_available
+from upscaler.media.video import CODECS, VideoEncoding, demote_realtime_threads, encoder_available
 from upscaler.quality import Target
 from upscaler.videos import encodable_size, parse_target
 
@@ -140,6 +140,8 @@ def encode_decode(frames: list[np.ndarray], encoding: VideoEncoding, rate: Fract
             frame.pts = i
             for packet in stream.encode(frame):
                 out.mux(packet)
+            if i == 0:  # the encoder is open and has made its threads
+                demote_realtime_threads()
         for packet in stream.encode(None):
             out.mux(packet)
     data = buf.getvalue()

@@ -5,10 +5,14 @@ PyAV is imported only when a function here runs, so the image service works with
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from upscaler.errors import InvalidInput, TooLarge, UndecodableImage, UnsupportedMedia
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,34 @@ def encoder_available(encoder: str) -> bool:
     except (av.codec.codec.UnknownCodecError, ValueError):
         return False
     return True
+
+
+def demote_realtime_threads() -> int:
+    """Put every thread of this process that runs under a real-time policy back to the normal one; how many were.
+
+    SVT-AV1 (libsvtav1 4.x, our stored codec) running as root moves its ~40 encoder threads *and the thread that
+    opened it* to SCHED_FIFO priority 99, which outranks every normal process on the machine: on a 2-core host one
+    AV1 encode starved the API, the tests and the shell (measured: every encoder thread and the caller FF 99 after
+    ``open``). Nothing asks for that, and an unprivileged container only logs "Failed to set thread priority", so
+    the worker undoes it right after opening the encoder and its first frame (the encoder makes no threads later).
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        return 0
+    demoted = 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                demoted += 1
+        except OSError:  # the thread ended meanwhile, or we may not change it
+            continue
+    if demoted:
+        log.info("video encoder threads returned to normal scheduling", extra={"threads": demoted})
+    return demoted
 
 
 @dataclass(frozen=True)
