@@ -9,12 +9,23 @@ CRF that still meets the target is found by bisection (fidelity falls as the CRF
 fewest bytes wins. Full size with a modern codec is a candidate, as for images. Then the whole clip is encoded
 with the choice and checked again on the same frames of the real stored video; while it misses, the CRF steps
 down. The decision and the measured fidelity go into the job record.
+
+Restoring the samples is nearly all of a decision's time (the model; 86 % of it at 640x360, cProfile), so the
+search restores only what can still win. Full size needs no model and is searched first, for every codec (the
+honest baseline, each codec tuned to the target). A downscaled candidate then only matters where its bytes are
+below the fewest bytes that already meet the target: its CRFs are first narrowed by encoding alone (bytes fall
+as the CRF rises) to those that would store fewer bytes, and if the lowest of those misses the target, none of
+them can meet it and the scale x codec is dropped after one restoration (``pruned``, with the reason). Frames
+that decode identically (a still scene) are restored once. Under the same monotonicity the bisection already
+assumes, the choice is the one an exhaustive search makes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -28,7 +39,7 @@ from upscaler.media.video import CODECS, VideoEncoding, demote_realtime_threads,
 from upscaler.quality import Target
 from upscaler.videos import encodable_size, parse_target
 
-__all__ = ["Candidate", "Decision", "choose", "parse_target", "sample_indices"]
+__all__ = ["Candidate", "Decision", "Pruned", "choose", "parse_target", "sample_indices"]
 
 log = logging.getLogger("video_upscaler.targeting")
 
@@ -52,11 +63,25 @@ class Candidate:
 
 
 @dataclass
+class Pruned:
+    """A scale x codec the search dropped without finding its best CRF, because it cannot win."""
+
+    scale: int
+    codec: str
+    crf: int  # the CRF it was last measured at
+    bytes: int  # its sample bytes there
+    fidelity: float | None  # None: not restored (its bytes alone rule it out)
+    why: str
+
+
+@dataclass
 class Decision:
     target: str
     chosen: Candidate
     tried: list[Candidate] = field(default_factory=list)  # the best CRF of each scale x codec that met the target
     sample_frames: int = 0
+    pruned: list[Pruned] = field(default_factory=list)
+    restorations: int = 0  # sample frames run through the restoration (the model), all candidates together
 
     def to_dict(self) -> dict[str, Any]:
         """The job record's ``decision``: the choice, and every scale x codec's best CRF measured."""
@@ -78,6 +103,18 @@ class Decision:
                 }
                 for c in self.tried
             ],
+            "pruned": [
+                {
+                    "scale": p.scale,
+                    "codec": p.codec,
+                    "crf": p.crf,
+                    "sample_bytes": p.bytes,
+                    "fidelity": None if p.fidelity is None else round(p.fidelity, 4),
+                    "why": p.why,
+                }
+                for p in self.pruned
+            ],
+            "restorations": self.restorations,
         }
 
 
@@ -159,6 +196,57 @@ def score(target: Target, reference: list[np.ndarray], restored: list[np.ndarray
     return float(np.mean([target.score(r, t) for r, t in zip(reference, restored, strict=True)]))
 
 
+class _Series:
+    """One scale x codec of the search: its encodes by CRF (kept, so bytes alone cost one encode) and their
+    restored fidelity."""
+
+    def __init__(
+        self,
+        scale: int,
+        codec: str,
+        size: tuple[int, int],
+        small: list[np.ndarray],
+        reference: list[np.ndarray],
+        runs: list[list[int]],
+        target: Target,
+        restore: Restore,
+        rate: Fraction,
+    ) -> None:
+        self.scale, self.codec, self.size, self.small, self.reference = scale, codec, size, small, reference
+        self.offsets = np.cumsum([0] + [len(r) for r in runs])
+        self.target, self.restore, self.rate = target, restore, rate
+        self.encoded: dict[int, tuple[int, list[np.ndarray]]] = {}
+        self.restored = 0  # frames run through ``restore``
+
+    def encode(self, crf: int) -> int:
+        """Sample bytes at ``crf`` (each segment encoded on its own); the decoded frames are kept for ``measure``."""
+        if crf not in self.encoded:
+            encoding = VideoEncoding.choose(self.codec, crf=crf)
+            total, decoded = 0, []
+            for k in range(len(self.offsets) - 1):
+                n, frames = encode_decode(self.small[self.offsets[k] : self.offsets[k + 1]], encoding, self.rate)
+                total, decoded = total + n, decoded + frames
+            self.encoded[crf] = (total, decoded)
+        return self.encoded[crf][0]
+
+    def measure(self, crf: int) -> Candidate:
+        """The candidate at ``crf``: decoded, restored (frames that decode identically once) and scored."""
+        total = self.encode(crf)
+        decoded = self.encoded[crf][1]
+        width, height = self.reference[0].shape[1], self.reference[0].shape[0]
+        restored = decoded
+        if self.scale > 1:
+            seen: dict[bytes, np.ndarray] = {}
+            restored = []
+            for f in decoded:
+                key = hashlib.blake2b(f.tobytes(), digest_size=16).digest()
+                if key not in seen:
+                    seen[key] = self.restore(f, (width, height))
+                    self.restored += 1
+                restored.append(seen[key])
+        return Candidate(self.scale, self.codec, crf, self.size, total, score(self.target, self.reference, restored))
+
+
 def choose(
     reference: list[np.ndarray],
     runs: list[list[int]],
@@ -169,41 +257,58 @@ def choose(
     rate: Fraction,
     codecs: tuple[str, ...] | None = None,
     scales: tuple[int, ...] = SCALES,
+    prune: bool = True,
 ) -> Decision:
     """The candidate with the fewest sample bytes that meets ``target``. ``reference``: the sample frames, in the
     order of ``runs`` (their frame numbers); ``restore(rgb, size)`` brings a stored frame back to the source size,
-    ``downscale(rgb, size)`` makes the stored frame."""
+    ``downscale(rgb, size)`` makes the stored frame. ``prune=False`` finds the best CRF of every scale x codec
+    (what the module's docstring says the pruned search skips, for comparison)."""
     height, width = reference[0].shape[:2]
     codecs = codecs or tuple(name for name, c in CODECS.items() if encoder_available(c.encoder))
-    offsets = np.cumsum([0] + [len(r) for r in runs])
     tried: list[Candidate] = []
+    pruned: list[Pruned] = []
+    restored_frames = 0
+    full_first = sorted(scales, key=lambda s: s != 1)  # full size needs no model: searched first, as the bound
 
-    for scale in scales:
+    for scale in full_first:
         size = stored_size(width, height, scale) if scale > 1 else (width, height)
         if min(size) < MIN_SIDE:
             continue
         small = [downscale(f, size) if scale > 1 else f for f in reference]
-        for codec in codecs:
-
-            def measure(
-                crf: int, codec: str = codec, scale: int = scale, size: tuple[int, int] = size, small: list = small
-            ) -> Candidate:
-                encoding = VideoEncoding.choose(codec, crf=crf)
-                total, restored = 0, []
-                for k in range(len(runs)):
-                    n, decoded = encode_decode(small[offsets[k] : offsets[k + 1]], encoding, rate)
-                    total += n
-                    restored += [restore(f, (width, height)) if scale > 1 else f for f in decoded]
-                return Candidate(scale, codec, crf, size, total, score(target, reference, restored))
-
+        fewest = {c.codec: c.bytes for c in tried if c.scale == 1}
+        for codec in sorted(codecs, key=lambda c: fewest.get(c, math.inf)):  # the likely winner first: a tighter bound
+            series = _Series(scale, codec, size, small, reference, runs, target, restore, rate)
+            encode, measure = series.encode, series.measure
             lo, hi = CRF_RANGE[codec]
             try:
-                best = measure(lo)
+                encode(lo)
             except InvalidInput as exc:  # this encoder cannot write frames this small, say
                 log.info("candidate skipped", extra={"scale": scale, "codec": codec, "reason": exc.message})
                 continue
+            bound = min((c.bytes for c in tried), default=None) if prune and scale > 1 else None
+            if bound is not None and encode(lo) >= bound:
+                if encode(hi) >= bound:
+                    why = f"at crf {hi}, its highest, it stores {encode(hi)} bytes, not fewer than {bound}"
+                    pruned.append(Pruned(scale, codec, hi, encode(hi), None, why))
+                    continue
+                below = hi  # the lowest CRF whose bytes are below the bound lies in (lo, below]
+                while below - lo > 1:
+                    mid = (lo + below) // 2
+                    if encode(mid) < bound:
+                        below = mid
+                    else:
+                        lo = mid
+                lo = below
+            best = measure(lo)
             if not target.met(best.fidelity):
-                continue  # not even its best quality reaches the target at this scale
+                why = (
+                    "misses the target at its best quality"
+                    if lo == CRF_RANGE[codec][0]
+                    else f"misses the target at crf {lo}, the lowest that stores fewer bytes than {bound}"
+                )
+                pruned.append(Pruned(scale, codec, lo, best.bytes, best.fidelity, why))
+                restored_frames += series.restored
+                continue
             while hi - lo > 1:  # invariant: lo meets the target; the highest CRF that does lies in [lo, hi]
                 mid = (lo + hi) // 2
                 candidate = measure(mid)
@@ -216,7 +321,8 @@ def choose(
                 if target.met(top.fidelity):
                     best = top
             tried.append(best)
+            restored_frames += series.restored
     if not tried:
         raise InvalidInput(f"no stored form reaches the target {target} (full size at the best quality included)")
     chosen = min(tried, key=lambda c: (c.bytes, -c.scale))
-    return Decision(str(target), chosen, tried, len(reference))
+    return Decision(str(target), chosen, tried, len(reference), pruned, restored_frames)

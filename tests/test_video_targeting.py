@@ -1,0 +1,91 @@
+"""The targeted video search (video_upscaler.targeting) on its own: the pruned search against the exhaustive one."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from upscaler.config import Settings
+from upscaler.engine import Engine
+from upscaler.quality import Target
+from video_upscaler import targeting
+
+
+def smooth_pan(frames: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """A smooth picture (low-frequency waves, which a downscale keeps) moving a few pixels a frame."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = []
+    for i in range(frames):
+        u = x + 3 * i
+        r = 128 + 90 * np.sin(u / 17.0) * np.cos(y / 23.0)
+        g = 128 + 80 * np.sin((u + y) / 29.0)
+        b = 128 + 70 * np.cos((u - y) / 19.0)
+        out.append(np.clip(np.stack([r, g, b], axis=2), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(Settings.from_env({}, ncnn_threads=2))
+
+
+@pytest.mark.parametrize("target", [Target("psnr", 34.0), Target("ssim", 0.95)])
+def test_the_pruned_search_chooses_what_the_exhaustive_one_does_restoring_fewer_frames(engine, target) -> None:
+    reference = smooth_pan(8, (128, 128))
+    runs = [[0, 1, 2, 3], [20, 21, 22, 23]]  # two sample segments of four frames
+    calls: list[int] = []
+
+    def restore(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        calls.append(1)
+        return np.asarray(engine.upscale(rgb, size=size, model="bicubic"))
+
+    def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(engine.downscale(rgb, size=size))
+
+    def search(prune: bool) -> targeting.Decision:
+        calls.clear()
+        decision = targeting.choose(
+            reference, runs, target, restore, downscale, rate=Fraction(24), codecs=("h264", "av1"), prune=prune
+        )
+        assert decision.restorations == len(calls)  # the record counts every frame the model ran on
+        return decision
+
+    exhaustive, pruned = search(False), search(True)
+    key = lambda c: (c.scale, c.codec, c.crf, c.bytes)  # noqa: E731
+    assert key(pruned.chosen) == key(exhaustive.chosen) and target.met(pruned.chosen.fidelity)
+    assert pruned.restorations < exhaustive.restorations and exhaustive.pruned == []
+    # full size (no model) is searched in every codec either way; every other scale x codec is measured or pruned
+    full = [key(c) for c in exhaustive.tried if c.scale == 1]
+    assert [key(c) for c in pruned.tried if c.scale == 1] == full and len(full) == 2
+    every = {(s, c) for s in (1, 2, 4) for c in ("h264", "av1")}
+    assert {(c.scale, c.codec) for c in pruned.tried} | {(p.scale, p.codec) for p in pruned.pruned} == every
+    fewest = min(c.bytes for c in pruned.tried)
+    for p in pruned.pruned:  # each pruned one had no chance: more bytes than the winner, or it missed the target
+        assert p.bytes >= fewest or (p.fidelity is not None and not target.met(p.fidelity)), p
+    record = pruned.to_dict()
+    assert record["restorations"] == pruned.restorations and len(record["pruned"]) == len(pruned.pruned)
+
+
+def test_a_still_scene_is_restored_once_per_candidate(engine) -> None:
+    still = smooth_pan(1, (128, 128)) * 6
+    seen: list[bytes] = []
+
+    def restore(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        seen.append(rgb.tobytes())
+        return np.asarray(engine.upscale(rgb, size=size, model="bicubic"))
+
+    decision = targeting.choose(
+        still,
+        [[0, 1, 2, 3, 4, 5]],
+        Target("psnr", 30.0),
+        restore,
+        lambda rgb, size: np.asarray(engine.downscale(rgb, size=size)),
+        rate=Fraction(24),
+        codecs=("h264",),
+        scales=(2,),
+    )
+    assert len(decision.tried) == 1 and decision.restorations == len(seen) > 0
+    assert len(seen) == len(set(seen))  # a decoded frame is never restored twice (six identical ones: once)
