@@ -15,6 +15,10 @@ encode goes through `transcode`, as a job's does. Table 3 per clip, table 4 by b
 speed, table 6 the stored codec at equal restored PSNR-Y, table 7 the fewest bytes reaching a PSNR-Y target.
 About an hour on 2 cores; 6 minutes with --jobs 6 on 16 cores and a CUDA GPU.
 
+--searches: table 9, the targeted search exhaustive against pruned (video_upscaler.targeting), A B interleaved on
+the same sample frames (--clips, --targets, --repeats, --segments, --segment-frames; 640x360 clips of 2 s unless
+--size/--seconds say otherwise).
+
 --targeted: table 8, quality-targeted downscale jobs (--targets, PSNR-Y) on the same clips, run by the real worker
 (local store, SQLite queue, span restoring): the form each job chose, its stored bytes and checked fidelity, and
 the whole clip at full size in the best full-size codec and CRF the job measured for the same target.
@@ -45,6 +49,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -612,7 +617,7 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
             seconds = time.perf_counter() - start
             done = jobs.get(done.id)
             if done.status != COMPLETED or not done.decision or not done.fidelity:
-                rows.append({"clip": name, "target": target, "error": done.error})
+                rows.append(_saved(args.points, {"clip": name, "target": target, "error": done.error}))
                 continue
             stored = work / key
             store.get_file("media", key, stored)
@@ -627,6 +632,8 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
                 "met": done.fidelity["met"],
                 "seconds": seconds,
                 "sample_bytes": min(c["sample_bytes"] for c in done.decision["candidates"]),
+                "restorations": done.decision.get("restorations"),
+                "pruned": len(done.decision.get("pruned", [])),
             }
             if fulls:
                 best = min(fulls, key=lambda c: c["sample_bytes"])
@@ -640,9 +647,18 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
                     row["fulls"][c["codec"]] = {"crf": c["crf"], "bytes": video_bytes(out), "psnr": checked}
                     if c is best:
                         row["full_bytes"] = row["fulls"][c["codec"]]["bytes"]
-            rows.append(row)
+            row["load"] = [round(v, 1) for v in os.getloadavg()]
+            rows.append(_saved(args.points, row))
             print(f"  {name}: target {target:g} done in {seconds:.0f} s", file=sys.stderr)
     return rows
+
+
+def _saved(points: str | None, row: dict) -> dict:
+    """``row``, appended to the ``points`` file as each job ends (so a run cut short keeps what it did)."""
+    if points:
+        with open(points, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row
 
 
 def _sample_psnr(src: Path, encoded: Path, target: float, frames: int | None, args: argparse.Namespace) -> float:
@@ -667,21 +683,15 @@ def targeted_main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     rows: list[dict] = []
 
-    def keep(done: list[dict]) -> list[dict]:  # saved as each job ends, so a run cut short keeps what it did
-        if args.points:
-            with open(args.points, "a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in done)
-        return done
-
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs) as pool:
             for future in as_completed([pool.submit(_targeted_jobs, w) for w in work]):
-                rows += keep(future.result())
+                rows += future.result()  # each job's row is saved as it ends
     else:
         for w in work:
-            rows += keep(_targeted_jobs(w))
+            rows += _targeted_jobs(w)
     print(f"targeted run: {time.perf_counter() - start:.0f} s, {args.jobs} jobs at a time", file=sys.stderr)
     targeted_table(rows, size, frames, args.segments, args.segment_frames)
 
@@ -705,7 +715,7 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
     out = []
     for r in sorted(rows, key=lambda r: (r["target"], r["clip"])):
         if "error" in r:
-            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 12)
+            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 14)
             continue
         ratio = f"{r['bytes'] / r['full_bytes']:.2f}" if r.get("full_bytes") else "-"
         full = f"{r['full']} {r['full_bytes'] / 1024:.0f} KiB" if r.get("full_bytes") else "none met the target"
@@ -726,6 +736,8 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
                 *(_full_cell(r, codec) for codec in ("h264", "hevc", "av1")),
                 f"{r['bytes'] / met_full:.2f}" if met_full else "-",
                 f"{r['seconds']:.0f}",
+                r.get("restorations", "-"),
+                f"{r['load'][0]:.1f}" if r.get("load") else "-",
             ]
         )
     print(
@@ -735,11 +747,104 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
         "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip; "
         "H.264/HEVC/AV1 full = each codec at full size at the CRF the job tuned for it, over the whole clip, KiB "
         "(PSNR-Y on the same sample frames; * = misses the target there); / met = stored bytes over the smallest "
-        "of those that meets the target."
+        "of those that meets the target. Model runs = sample frames the job's search restored; load = the "
+        "machine's 1-minute load average as the job's row was written."
     )
     headers = ["target", "clip", "chosen", "source KiB", "stored KiB", "saved %", "PSNR-Y", "met", "best full size"]
     headers += ["bytes / full", "samples / full", "H.264 full", "HEVC full", "AV1 full", "/ met"]
-    print(table([*headers, "job s"], out))
+    print(table([*headers, "job s", "model runs", "load"], out))
+
+
+def searches_main(args: argparse.Namespace) -> None:
+    """The targeted search exhaustive (every scale x codec's best CRF) and pruned (what can still win), interleaved
+    A B A B on the same sample frames of each clip: seconds, model runs, and the choice (which must be the same)."""
+    from upscaler.quality import Target
+    from video_upscaler import targeting
+
+    size = args.size or ((320, 176) if args.quick else (640, 360))
+    frames = int((args.seconds or 2.0) * RATE)
+    engine = Engine(Settings.from_env({}, ncnn_threads=args.threads), model_dir=args.model_dir)
+    runs_of_model = [0]
+
+    def restore(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        runs_of_model[0] += 1
+        return np.asarray(engine.upscale(rgb, size=size, model="span"))
+
+    def down(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(engine.downscale(rgb, size=size))
+
+    rows = []
+    for index, clip in enumerate(list(STORAGE_CLIPS)[args.first_clip : args.first_clip + args.clips]):
+        name, photo, motion = _clip_photo(args.first_clip + index, clip, args.photos)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "source.mp4"
+            make_clip(src, photo, motion, size, frames)
+            indices = targeting.sample_indices(frames, args.segments, args.segment_frames)
+            reference = targeting.read_frames(src, indices)
+            for target, repeat, prune in itertools.product(args.targets, range(args.repeats or 1), (False, True)):
+                runs_of_model[0] = 0
+                start = time.perf_counter()
+                decision = targeting.choose(
+                    reference,
+                    targeting.runs_of(indices),
+                    Target("psnr", target),
+                    restore,
+                    down,
+                    rate=Fraction(RATE),
+                    prune=prune,
+                )
+                c = decision.chosen
+                row = {
+                    "clip": name,
+                    "target": target,
+                    "repeat": repeat,
+                    "search": "pruned" if prune else "exhaustive",
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "model_runs": runs_of_model[0],
+                    "chosen": f"x{c.scale} {c.codec} crf {c.crf}",
+                    "sample_bytes": c.bytes,
+                    "fidelity": round(c.fidelity, 3),
+                    "load": round(os.getloadavg()[0], 1),
+                }
+                rows.append(_saved(args.points, row))
+                print(f"  {json.dumps(row)}", file=sys.stderr)
+    searches_table(rows, size, frames, args.segments, args.segment_frames)
+
+
+def searches_table(rows: list[dict], size: tuple[int, int], frames: int, segments: int, length: int) -> None:
+    out = []
+    for (clip, target, repeat), pair in itertools.groupby(
+        sorted(rows, key=lambda r: (r["clip"], r["target"], r["repeat"], r["search"])),
+        key=lambda r: (r["clip"], r["target"], r["repeat"]),
+    ):
+        arms = {r["search"]: r for r in pair}
+        a, b = arms.get("exhaustive"), arms.get("pruned")
+        if not (a and b):
+            continue
+        same = (a["chosen"], a["sample_bytes"]) == (b["chosen"], b["sample_bytes"])
+        out.append(
+            [
+                clip,
+                f"PSNR-Y {target:g}",
+                repeat,
+                f"{a['chosen']} ({a['sample_bytes']} B)",
+                "yes" if same else f"NO: {b['chosen']} ({b['sample_bytes']} B)",
+                a["model_runs"],
+                b["model_runs"],
+                f"{a['seconds']:.0f}",
+                f"{b['seconds']:.0f}",
+                f"{b['seconds'] / a['seconds']:.2f}",
+                f"{a['load']:.1f} / {b['load']:.1f}",
+            ]
+        )
+    print(
+        f"\nTable 9. Targeted search, exhaustive (every scale x codec's best CRF) against pruned (only what can still "
+        f"win), run A B interleaved on the same {segments} x {length} sample frames of {frames}-frame "
+        f"{size[0]}x{size[1]} clips, SPAN restoring; model runs = sample frames restored; load = 1-minute load "
+        "average after each arm"
+    )
+    headers = ["clip", "target", "repeat", "exhaustive chose", "pruned: the same?", "model runs A", "model runs B"]
+    print(table([*headers, "A s", "B s", "B / A", "load A / B"], out))
 
 
 def _clip_points(job: tuple[int, str, tuple[int, int], int, int, argparse.Namespace]) -> list[Point]:
@@ -820,12 +925,18 @@ def main() -> None:
     parser.add_argument("--targeted", action="store_true", help="table 8: targeted downscale jobs on the clips")
     parser.add_argument("--first-clip", type=int, default=0, help="--targeted: index of the first clip (default 0)")
     parser.add_argument("--targeted-table", action="store_true", help="with --tables-from: print table 8 from it")
+    parser.add_argument(
+        "--searches", action="store_true", help="table 9: the targeted search exhaustive vs pruned, interleaved"
+    )
     parser.add_argument("--targets", type=float, nargs="+", default=[38.0, 40.0], help="--targeted: PSNR-Y targets")
     parser.add_argument("--segments", type=int, default=3, help="--targeted: sample segments per job (default 3)")
     parser.add_argument("--segment-frames", type=int, default=12, help="--targeted: frames per segment (default 12)")
     parser.add_argument("--points", default=None, help="--storage: append each clip's measurements (JSON lines) here")
     parser.add_argument("--tables-from", default=None, help="print tables 3-7 from a --points file, measure nothing")
     args = parser.parse_args()
+    if args.searches:
+        searches_main(args)
+        return
     if args.targeted:
         targeted_main(args)
         return
