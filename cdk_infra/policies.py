@@ -54,6 +54,9 @@ _CONTROLLER_NAMES = (
 #: Why a statement (by Sid) has a wildcard in a resource; cdk_infra.nag refuses a wildcard without one.
 WILDCARD_RESOURCE_REASONS: dict[str, str] = {
     "S3Objects": "Any object key in this one bucket: keys are the service's data (images, videos, checkpoints).",
+    "S3MigrationTagging": "Any object key in this one bucket: a migration tags the originals it verified.",
+    "MigrationSourceObjects": "Any object key in the buckets named as migration sources: the archive's keys.",
+    "MigrationSourceDelete": "Any object key in the buckets named as migration sources: verified originals only.",
     "EcrToken": WILDCARD_ONLY_ACTIONS["ecr:GetAuthorizationToken"] + "; the action has no resource-level form.",
     "EndpointLogs": "Log streams of the endpoint's own log group, named by SageMaker per instance.",
     "Discovery": "Describe/Get calls of EC2 and ELB have no resource-level permissions.",
@@ -74,6 +77,8 @@ WILDCARD_RESOURCE_REASONS: dict[str, str] = {
 }
 
 S3_OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+# What upscaler/store/s3.py's tag() and tags() call: a migration's --on-verified tag (the default).
+S3_TAGGING_ACTIONS = ["s3:GetObjectTagging", "s3:PutObjectTagging"]
 # What upscaler/jobs/store.py calls: get_item, put_item (conditional), describe_table (the readiness ping).
 DYNAMODB_JOB_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DescribeTable"]
 # What upscaler/jobs/queue.py's worker side calls: receive, delete, change visibility (heartbeat and release).
@@ -124,6 +129,35 @@ def worker_statements(queue_arn: str, dead_letter_queue_arn: str) -> list[iam.Po
     return [
         _statement("SqsConsumeJobs", SQS_CONSUME_ACTIONS, [queue_arn]),
         _statement("SqsDeadLetter", ["sqs:SendMessage"], [dead_letter_queue_arn]),
+    ]
+
+
+def migration_worker_statements(
+    *, bucket_arn: str, source_bucket_arns: Sequence[str], delete_originals: bool
+) -> list[iam.PolicyStatement]:
+    """What a worker running archive-migration chunks needs beyond the shared grants (upscaler/migrate.py): tag
+    the verified originals and kept copies in the media bucket (``--on-verified tag``, the default: get, then put
+    the object's tags); in each further source bucket list, read and tag, and delete only when
+    ``delete_originals`` (``--on-verified delete``; the media bucket's DeleteObject is shared: the service deletes
+    its own objects). In place writes its source: that is the media bucket (a further bucket gets no PutObject)."""
+    statements = [_statement("S3MigrationTagging", S3_TAGGING_ACTIONS, [f"{bucket_arn}/*"])]
+    if source_bucket_arns:
+        objects = [f"{arn}/*" for arn in source_bucket_arns]
+        statements.append(_statement("MigrationSourceObjects", ["s3:GetObject", *S3_TAGGING_ACTIONS], objects))
+        statements.append(_statement("MigrationSourceList", ["s3:ListBucket"], list(source_bucket_arns)))
+        if delete_originals:
+            statements.append(_statement("MigrationSourceDelete", ["s3:DeleteObject"], objects))
+    return statements
+
+
+def migration_api_statements(source_bucket_arns: Sequence[str]) -> list[iam.PolicyStatement]:
+    """``POST /v1/migrations`` lists a source and its dry run reads a sample of it, in the API."""
+    if not source_bucket_arns:
+        return []
+    objects = [f"{arn}/*" for arn in source_bucket_arns]
+    return [
+        _statement("MigrationSourceObjects", ["s3:GetObject"], objects),
+        _statement("MigrationSourceList", ["s3:ListBucket"], list(source_bucket_arns)),
     ]
 
 

@@ -121,6 +121,11 @@ class DeploySettings:
     existing_bucket_name: str = ""
     #: KMS key of the existing bucket when it uses SSE-KMS with a customer key (the roles get use of it).
     existing_bucket_kms_key_arn: str = ""
+    #: Buckets other than the media bucket that archive migrations read (``upscaler migrate s3://<bucket>/...``):
+    #: the worker may list, read and tag their objects (the API may list and read them, for the dry run).
+    migration_source_buckets: tuple[str, ...] = ()
+    #: Whether the worker may delete objects in those buckets: only ``--on-verified delete`` needs it.
+    migration_delete_originals: bool = False
     kubernetes_version: str = "1.35"
     #: Node architecture; it must match the images pushed (``docker build --platform linux/amd64|linux/arm64``).
     node_arch: str = "x86_64"
@@ -188,6 +193,8 @@ class DeploySettings:
         read("endpointNames", "endpoint_names", strings(_matching(_ENDPOINT, "SageMaker endpoint name")))
         read("existingBucketName", "existing_bucket_name", _matching(_BUCKET, "bucket name"))
         read("existingBucketKmsKeyArn", "existing_bucket_kms_key_arn", _matching(_KMS_ARN, "KMS key ARN"))
+        read("migrationSourceBuckets", "migration_source_buckets", strings(_matching(_BUCKET, "bucket name")))
+        read("migrationDeleteOriginals", "migration_delete_originals", _as_bool)
         read("kubernetesVersion", "kubernetes_version", _one_of(KUBERNETES_VERSIONS))
         read("nodeArch", "node_arch", _one_of(NODE_ARCHS))
         read("instanceTypes", "instance_types", strings(_matching(_INSTANCE, "EC2 instance type")))

@@ -315,12 +315,23 @@ class MediaUpscalerStack(Stack):
             kms_key_arn=self.settings.existing_bucket_kms_key_arn if self.settings.existing_bucket_name else "",
         )
 
+    def _source_bucket_arns(self) -> list[str]:
+        """Further buckets archive migrations read (the media bucket is granted already)."""
+        return [self.format_arn(service="s3", region="", account="", resource=name)
+                for name in self.settings.migration_source_buckets]  # fmt: skip
+
     def _api_statements(self) -> list[iam.PolicyStatement]:
-        return [*self._shared_statements(), *policies.api_statements(self.queue.queue_arn)]
+        sources = policies.migration_api_statements(self._source_bucket_arns())
+        return [*self._shared_statements(), *policies.api_statements(self.queue.queue_arn), *sources]
 
     def _worker_statements(self) -> list[iam.PolicyStatement]:
         queues = policies.worker_statements(self.queue.queue_arn, self.dead_letter_queue.queue_arn)
-        return [*self._shared_statements(), *queues]
+        migration = policies.migration_worker_statements(
+            bucket_arn=self.bucket.bucket_arn,
+            source_bucket_arns=self._source_bucket_arns(),
+            delete_originals=self.settings.migration_delete_originals,
+        )
+        return [*self._shared_statements(), *queues, *migration]
 
     def _cluster_addons(self) -> None:
         """cert-manager, then the AWS Load Balancer Controller (its webhook would otherwise intercept the Services

@@ -26,6 +26,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
 from aws_cdk.assertions import Match, Template
 from cfnlint.api import ManualArgs, lint
 
+from cdk_infra import policies
 from cdk_infra.app import build_app, cdk_json_context
 from cdk_infra.nag import flatten_cfn_reference
 from cdk_infra.settings import DeploySettings, SettingsError
@@ -48,6 +49,8 @@ VARIANT_CONTEXT = {
     "sagemakerEndpointName": "upscaler-span-gpu",
     "modelImageTag": "v1.2.3",
     "adminPrincipalArns": f"arn:aws:iam::{ACCOUNT}:role/PlatformAdmin",
+    "migrationSourceBuckets": "old-archive,raw-photos",
+    "migrationDeleteOriginals": "true",
 }
 OUTPUTS = {
     "Region",
@@ -515,21 +518,57 @@ def _grants(synth: Synth, role: str) -> dict[str, tuple[list[str], list[str]]]:
     return {sid: (s["actions"], s["resources"]) for sid, s in synth.statements(role).items()}
 
 
+#: The variant's further migration source buckets (migrationSourceBuckets), as ARNs.
+SOURCES = ["arn:aws:s3:::old-archive", "arn:aws:s3:::raw-photos"]
+
+
 def test_api_role_grants_exactly_what_the_api_calls(synth: Synth) -> None:
+    sources = {}
+    if synth.is_variant:  # POST /v1/migrations lists a source bucket and its dry run reads a sample
+        sources = {
+            "MigrationSourceObjects": (["s3:GetObject"], [f"{a}/*" for a in SOURCES]),
+            "MigrationSourceList": (["s3:ListBucket"], SOURCES),
+        }
     assert _grants(synth, "ApiRole") == {
         **_shared_grants(synth),
         "SqsSendJobs": (["sqs:SendMessage"], [_arn(synth, "JobQueue", "AWS::SQS::Queue")]),
+        **sources,
     }
 
 
 def test_worker_role_grants_exactly_what_the_worker_calls(synth: Synth) -> None:
+    """Video jobs and migration chunks: tagging verified originals in the media bucket always (the default
+    --on-verified tag); in the further source buckets list, read and tag, and delete only as asked."""
     queue = _arn(synth, "JobQueue", "AWS::SQS::Queue")
+    tagging = ["s3:GetObjectTagging", "s3:PutObjectTagging"]
+    sources = {}
+    if synth.is_variant:  # migrationSourceBuckets, migrationDeleteOriginals=true
+        sources = {
+            "MigrationSourceObjects": (["s3:GetObject", *tagging], [f"{a}/*" for a in SOURCES]),
+            "MigrationSourceList": (["s3:ListBucket"], SOURCES),
+            "MigrationSourceDelete": (["s3:DeleteObject"], [f"{a}/*" for a in SOURCES]),
+        }
     assert _grants(synth, "WorkerRole") == {
         **_shared_grants(synth),
         "SqsConsumeJobs": (["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"], [queue]),
         "SqsDeadLetter": (["sqs:SendMessage"], [_arn(synth, "DeadLetterQueue", "AWS::SQS::Queue")]),
+        "S3MigrationTagging": (tagging, [f"{_bucket(synth)}/*"]),
+        **sources,
     }
     assert _grants(synth, "KedaOperatorRole") == {"SqsQueueLength": (["sqs:GetQueueAttributes"], [queue])}
+
+
+def test_migration_sources_get_no_delete_unless_asked() -> None:
+    """Without migrationDeleteOriginals a further source bucket is listed, read and tagged, never deleted from:
+    only --on-verified delete needs DeleteObject there."""
+    kept = policies.migration_worker_statements(bucket_arn="arn:aws:s3:::m", source_bucket_arns=SOURCES[:1],
+                                                delete_originals=False)  # fmt: skip
+    actions = {a for s in kept for a in _as_list(s.to_json()["Action"])}
+    assert "s3:DeleteObject" not in actions and {"s3:ListBucket", "s3:PutObjectTagging"} <= actions
+    deleting = policies.migration_worker_statements(bucket_arn="arn:aws:s3:::m", source_bucket_arns=SOURCES[:1],
+                                                    delete_originals=True)  # fmt: skip
+    assert [s.to_json()["Resource"] for s in deleting if s.sid == "MigrationSourceDelete"] == [f"{SOURCES[0]}/*"]
+    assert policies.migration_api_statements([]) == []
 
 
 class _RecordingClient:
@@ -649,8 +688,8 @@ def test_load_balancer_controller_policy_is_ours_and_narrowed(synth: Synth) -> N
 
 def test_no_statement_grants_star_where_a_name_is_known(synth: Synth) -> None:
     """Every Allow statement of every policy in the template: ``*`` alone only for WILDCARD_ONLY actions; any other
-    wildcard is an object key in our bucket, a version of a known function, or an ARN fixed to this account and
-    region (names the load balancer controller or SageMaker generate)."""
+    wildcard is an object key in our bucket or a named migration source bucket, a version of a known function, or
+    an ARN fixed to this account and region (names the load balancer controller or SageMaker generate)."""
     scoped = _scoped(synth)
     documents: list[tuple[str, dict[str, Any]]] = []
     for logical_id, resource in synth.json["Resources"].items():
@@ -671,8 +710,10 @@ def test_no_statement_grants_star_where_a_name_is_known(synth: Synth) -> None:
                 if resource == "*":
                     assert actions <= WILDCARD_ONLY, (logical_id, sorted(actions - WILDCARD_ONLY))
                 elif "*" in resource:
+                    sources = [f"{a}/*" for a in SOURCES] if synth.is_variant else []
                     assert (
                         resource == f"{bucket}/*"
+                        or resource in sources
                         or (resource.startswith("<") and resource.endswith(".Arn>:*"))  # a function's versions
                         or scoped in resource
                     ), (logical_id, resource)
