@@ -31,6 +31,19 @@ SOURCE is a folder, s3://bucket/prefix, or a manifest: a CSV whose rows start wi
 as S3 Inventory writes them (a local file or s3://bucket/key.csv). DEST is s3://bucket/prefix. Both s3:// name
 buckets of the service's object store (UPSCALER_STORAGE: S3, or a local folder); its bucket allow-list applies.
 The job store and queue are UPSCALER_JOB_STORE and UPSCALER_JOB_QUEUE, as for video.
+
+In place: DEST the same s3://bucket/prefix as SOURCE, with --originals s3://bucket/prefix (not overlapping
+SOURCE), where each original is kept. For each object, in this order, each step saved in the job store before
+the next: the original is copied to --originals under its key relative to SOURCE and read back (SHA-256 equal),
+then its stored form and record are written at the original's key, then retrieved from there and verified. A
+stored form that fails verification is replaced by the original again. Killed at any step, the key holds the
+original, or a stored form whose original is kept byte for byte; running the command again finishes it.
+--on-verified then applies to the kept copy: tag (default; your lifecycle rule on the originals location expires
+or transitions it), delete (only once verified), keep. (A versioned bucket's previous version is not used as the
+kept original: the copy is explicit, checked, and works on any store.) An object that is already a stored form
+is never taken for an original.
+
+  upscaler migrate s3://photos/2019/ s3://photos/2019/ --originals s3://photos-originals/2019/ --target psnr:38
 """
 
 from __future__ import annotations
@@ -65,6 +78,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--target",
         help="the quality each object must come back at: psnr:<dB>, ssim:<0..1> (each with :fast for the cheaper "
         "search), exact (the very file back), bpp:<bits per pixel> or bytes:<n> (best fidelity within)",
+    )
+    parser.add_argument(
+        "--originals",
+        metavar="S3URL",
+        default="",
+        help="in place (DEST is SOURCE): s3://bucket/prefix where each original is kept, copied and checked before "
+        "its stored form takes its key (see above)",
     )
     parser.add_argument("--apply", action="store_true", help="convert (without it: the dry run, nothing written)")
     parser.add_argument(
@@ -157,6 +177,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _follow(jobs: Any, mid: str, settings: Any, args: argparse.Namespace) -> dict[str, Any]:
     from upscaler import migrate
+    from upscaler.errors import Unavailable
 
     state = migrate.status(jobs, mid, settings)
     bar = _bar(state["objects"], mid)
@@ -172,7 +193,10 @@ def _follow(jobs: Any, mid: str, settings: Any, args: argparse.Namespace) -> dic
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(1.0)
-        state = migrate.status(jobs, mid, settings)
+        try:
+            state = migrate.status(jobs, mid, settings)
+        except Unavailable as exc:  # the job store failed this once (a timeout): the run goes on, ask again
+            print(f"upscaler migrate: {exc.message}; asking again", file=sys.stderr)
     if bar is not None:
         bar.n = state["objects_done"]
         bar.close()
@@ -205,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         if not (args.source and args.dest and args.target):
             print("SOURCE, DEST and --target are needed (see upscaler migrate --help)", file=sys.stderr)
             return 2
-        spec = migrate.Spec.parse(args.source, args.dest, args.target)
+        spec = migrate.Spec.parse(args.source, args.dest, args.target, originals=args.originals)
         service = _service(settings)
         if not args.apply:
             sample = settings.migrate_plan_sample if args.sample is None else args.sample
@@ -234,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
                     )
                     + f" (prices of {est['prices_as_of']})"
                 )
-            print(f"to convert: upscaler migrate {args.source} {args.dest} --target {args.target} --apply")
+            keep = f" --originals {args.originals}" if args.originals else ""
+            print(f"to convert: upscaler migrate {args.source} {args.dest}{keep} --target {args.target} --apply")
             return 0
         jobs, queue = open_job_store(settings), open_job_queue(settings)
         record = migrate.submit(spec, service, jobs, queue, settings, on_verified=args.on_verified)

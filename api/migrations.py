@@ -6,7 +6,9 @@ GET  /v1/migrations/<id>   progress and the report so far
 
 The source is ``s3://bucket/prefix`` or an ``s3://`` manifest (.csv); a folder on the server's disk is refused.
 The caller's API key must read the source (and write it, when ``on_verified`` tags or deletes originals) and
-write the destination; the service's bucket allow-list applies to both.
+write the destination; the service's bucket allow-list applies to both. In place (``dest`` the source, with
+``originals``: where each original is kept before its stored form takes its key), the key must read and write
+the source and the originals location.
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ def _check(spec: migrate.Spec, on_verified: str, keys: list[str] | None = None) 
     if isinstance(originals, migrate.StoreOriginals):
         for key in keys or []:
             authorize("read", originals.bucket, key)
-            if on_verified != "keep":
+            if on_verified != "keep" or spec.in_place:
                 authorize("write", originals.bucket, key)
     dest_bucket, dest_prefix = migrate.split_s3(spec.dest)
     authorize("write", service.bucket(dest_bucket), dest_prefix or None)
+    if spec.originals:
+        keep_bucket, keep_prefix = migrate.split_s3(spec.originals)
+        for access in ("read", "write"):
+            authorize(access, service.bucket(keep_bucket), keep_prefix or None)
 
 
 @bp.post("/migrations")
@@ -59,6 +65,7 @@ def create_migration() -> Response:
         params.text(body, "source", required=True) or "",
         params.text(body, "dest", required=True) or "",
         params.text(body, "target", required=True, max_len=32) or "",
+        originals=params.text(body, "originals") or "",
         folders=False,
     )
     on_verified = params.text(body, "on_verified", max_len=8) or "tag"
@@ -103,7 +110,14 @@ _SUBMIT = {
     "required": ["source", "dest", "target"],
     "properties": {
         "source": {"type": "string", "description": "s3://bucket/prefix, or an s3:// S3 Inventory / CSV manifest"},
-        "dest": {"type": "string", "description": "s3://bucket/prefix for the stored forms (not overlapping)"},
+        "dest": {
+            "type": "string",
+            "description": "s3://bucket/prefix for the stored forms (not overlapping), or the source itself (in place)",
+        },
+        "originals": {
+            "type": "string",
+            "description": "in place: s3://bucket/prefix where each original is kept (copied, checked) first",
+        },
         "target": {"type": "string", "description": "psnr:<dB>, ssim:<0..1> (:fast), exact, bpp:<n>, bytes:<n>"},
         "apply": {"type": "boolean", "default": False, "description": "false: the dry run; true: convert"},
         "on_verified": {"type": "string", "enum": list(migrate.ON_VERIFIED), "default": "tag"},

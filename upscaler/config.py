@@ -224,9 +224,10 @@ class Settings:
     migrate_chunk_keys: int = 100
     #: Most objects one migration run may list (a larger archive: one migration per prefix, or a manifest each).
     migrate_max_objects: int = 1_000_000
-    #: Seconds between two saves of a chunk's object states to its job row (a killed worker redoes at most this
-    #: much work; an original is never deleted before its verified state is saved).
-    migrate_flush_seconds: float = 2.0
+    #: Seconds a worker's claim on one object of a chunk lasts (renewed at each of its steps): while it holds,
+    #: no other worker acts on that object (a chunk delivered twice); a worker killed mid-object leaves its claim
+    #: to run out, then another takes the object over. Keep it above one object's longest step.
+    migrate_claim_seconds: float = 300.0
     #: Objects the dry run decides (without storing) to estimate the savings.
     migrate_plan_sample: int = 20
     #: Storage-class prices for the cost estimate (JSON; empty = upscaler/prices.json, with its date).

@@ -14,7 +14,10 @@ The parts, and where each runs:
   target met on the retrieved file, size and format restored, the record's SHA-256 that of the original, and for
   ``exact`` the retrieved file's SHA-256 equal to the original's — then, only then, tag, delete or keep the
   original (``on_verified``). A failure keeps the original and records its reason; an original that changed
-  meanwhile (ETag, or mtime and size for a folder) is redone once, then reported.
+  meanwhile (ETag, or mtime and size for a folder) is redone once, then reported. Each object is claimed in the
+  chunk's row by a conditional write first (:class:`Claims`), so two workers handed one chunk never both act on
+  an object. In place (DEST is SOURCE, :func:`migrate_in_place`) the original is first copied to the originals
+  location and checked, and ``on_verified`` applies to that copy.
 * :func:`status` / :func:`report`: progress, then bytes before and after, fidelity, forms, failures by reason, time
   per megapixel and the monthly cost in each storage class (``UPSCALER_MIGRATE_PRICES``), as JSON, CSV and HTML.
 
@@ -41,6 +44,7 @@ import os
 import statistics
 import time
 import urllib.parse
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,12 +53,12 @@ from typing import Any
 
 from upscaler import media
 from upscaler.config import Settings
-from upscaler.errors import Conflict, InvalidInput, NotFound, UpscalerError
+from upscaler.errors import Conflict, InvalidInput, NotFound, Unavailable, UpscalerError
 from upscaler.jobs import CANCELLED, FAILED, PROCESSING, SUBMITTED, Job, JobQueue, JobStore
 from upscaler.jobs import submit as submit_job
 from upscaler.jobs.model import FINAL
 from upscaler.quality import Target
-from upscaler.report_style import REPORT_STYLE
+from upscaler.report_style import REPORT_STYLE, bars_svg
 from upscaler.service import S3CommonUpscaler
 from upscaler.store import ObjectStore
 from upscaler.store.keys import RESERVED, validate_bucket
@@ -70,6 +74,8 @@ TAG = "upscaler-migrated"
 MARKER = RESERVED + "migrated"
 #: Object states in a chunk's results.
 VERIFIED, FAILED_OBJ, CHANGED, GONE = "verified", "failed", "changed", "gone"
+#: An object half-way (in place: its original kept, its key not yet verified); a re-run finishes it.
+WORKING = "working"
 PRICES_FILE = Path(__file__).with_name("prices.json")
 
 
@@ -81,20 +87,29 @@ class Spec:
     #: ``file:///abs/folder``, ``s3://bucket/prefix`` (the service's object store) or ``manifest:<csv>``, the CSV
     #: a local file or ``s3://bucket/key`` (S3 Inventory CSV: bucket and URL-encoded key first on each row).
     source: str
-    #: ``s3://bucket/prefix`` in the service's object store.
+    #: ``s3://bucket/prefix`` in the service's object store; the source itself for a migration in place.
     dest: str
     target: str
+    #: In place only: ``s3://bucket/prefix`` where each original is copied (byte for byte, SHA-256 checked) before
+    #: its stored form takes its key; ``on_verified`` then applies to that copy.
+    originals: str = ""
 
     @property
     def id(self) -> str:
         """The same migration asked again has the same id: that is what makes a re-run resume it."""
-        text = json.dumps([self.source, self.dest, str(Target.parse(self.target))])
-        return "mig-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        parts = [self.source, self.dest, str(Target.parse(self.target))] + ([self.originals] if self.originals else [])
+        return "mig-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+    @property
+    def in_place(self) -> bool:
+        """DEST is SOURCE: each stored form takes its original's key."""
+        return self.source.startswith("s3://") and split_s3(self.source) == split_s3(self.dest)
 
     @classmethod
-    def parse(cls, source: str, dest: str, target: str, *, folders: bool = True) -> Spec:
+    def parse(cls, source: str, dest: str, target: str, *, originals: str = "", folders: bool = True) -> Spec:
         """Normalise SOURCE and DEST as typed (a folder path, ``s3://...``, a ``.csv`` manifest); ``folders=False``
-        (the HTTP API) refuses sources on the server's own disk."""
+        (the HTTP API) refuses sources on the server's own disk. DEST equal to an ``s3://`` SOURCE is in place,
+        and needs ``originals``."""
         Target.parse(target)  # a bad target is a 400 before anything is listed
         src = source.strip()
         if src.startswith("manifest:"):
@@ -118,22 +133,40 @@ class Spec:
             raise InvalidInput("the destination must be s3://bucket/prefix (in the service's object store)")
         dest_bucket, dest_prefix = split_s3(dest.strip())
         validate_bucket(dest_bucket)
-        spec = cls(("manifest:" if manifest else "") + src, f"s3://{dest_bucket}/{dest_prefix}", target.strip())
+        keep = ""
+        if originals.strip():
+            keep_bucket, keep_prefix = split_s3(originals.strip())
+            validate_bucket(keep_bucket)
+            keep = f"s3://{keep_bucket}/{keep_prefix}"
+        spec = cls(("manifest:" if manifest else "") + src, f"s3://{dest_bucket}/{dest_prefix}", target.strip(), keep)
         spec._check_overlap()
         return spec
 
     def _check_overlap(self) -> None:
-        if not self.source.startswith("s3://"):
+        def overlap(a: str, b: str) -> bool:
+            (ab, ap), (bb, bp) = split_s3(a), split_s3(b)
+            return ab == bb and (ap.startswith(bp) or bp.startswith(ap))
+
+        if self.in_place:
+            if not self.originals:
+                raise InvalidInput(
+                    "in place (DEST is SOURCE) needs an originals location (--originals s3://bucket/prefix): each "
+                    "original is copied there and checked before its stored form takes its key"
+                )
+            if overlap(self.originals, self.source):
+                raise InvalidInput("the originals location must not overlap the source (a re-run would list it)")
             return
-        (sb, sp), (db, dp) = split_s3(self.source), split_s3(self.dest)
-        if sb == db and (dp.startswith(sp) or sp.startswith(dp)):
+        if self.originals:
+            raise InvalidInput("an originals location is for a migration in place only (DEST the same as SOURCE)")
+        if self.source.startswith("s3://") and overlap(self.source, self.dest):
             raise InvalidInput(
-                "the destination must not overlap the source (in place would replace originals before they are "
-                "verified, and a re-run would list the stored forms as originals): choose another prefix or bucket"
+                "the destination must not overlap the source, except in place (DEST exactly SOURCE, with "
+                "--originals): a re-run would list the stored forms as originals; choose another prefix or bucket"
             )
 
     def to_dict(self) -> dict[str, str]:
-        return {"source": self.source, "dest": self.dest, "target": self.target}
+        out = {"source": self.source, "dest": self.dest, "target": self.target}
+        return out | ({"originals": self.originals} if self.originals else {})
 
 
 def split_s3(url: str, *, key_required: bool = False) -> tuple[str, str]:
@@ -405,6 +438,44 @@ def verify(service: S3CommonUpscaler, bucket: str, key: str, data: bytes, goal: 
     return {"fidelity": None if math.isinf(score) else round(score, 4), "identical": identical}
 
 
+def _store(ctx: Context, data: bytes, bucket: str, key: str, goal: Target, result: dict[str, Any],
+           timings: dict[str, float]) -> None:  # fmt: skip
+    """Store ``data`` at ``bucket``/``key`` with the targeted search; the form chosen into ``result``."""
+    model0, t1 = ctx.timer.seconds, time.perf_counter()
+    stored = ctx.service.store_image(data, bucket=bucket, key=key, target=goal)
+    timings["model"] = ctx.timer.seconds - model0
+    timings["encode"] = (time.perf_counter() - t1) - timings["model"]  # the search: encodes, decodes and measures
+    _describe(result, stored.record)
+
+
+def _describe(result: dict[str, Any], rec: media.ImageRecord) -> None:
+    """What the stored form is, from its record, into ``result``."""
+    result.update(
+        bytes_after=rec.stored_bytes,
+        format=rec.format,
+        megapixels=round(rec.width * rec.height / 1e6, 4),
+        form="original" if rec.stored_codec == "original" else f"x{rec.scale:g} {rec.stored_codec}",
+        quality=rec.stored_quality,
+    )
+
+
+def _verify(ctx: Context, bucket: str, key: str, data: bytes, goal: Target, result: dict[str, Any],
+            timings: dict[str, float]) -> str | None:  # fmt: skip
+    """Verify the stored form at ``bucket``/``key`` (:func:`verify`); None when it holds (what was measured is in
+    ``result``), else why not. A 5xx is raised: the chunk retries."""
+    model1, t2 = ctx.timer.seconds, time.perf_counter()
+    try:
+        checked = verify(ctx.service, bucket, key, data, goal)
+    except (Verification, UpscalerError) as exc:
+        if isinstance(exc, UpscalerError) and exc.status >= 500:
+            raise
+        return (exc.message if isinstance(exc, UpscalerError) else str(exc))[:300]
+    timings["model"] = timings.get("model", 0.0) + ctx.timer.seconds - model1
+    timings["verify"] = time.perf_counter() - t2 - (ctx.timer.seconds - model1)
+    result.update(checked, timings={k: round(v, 4) for k, v in timings.items()})
+    return None
+
+
 def migrate_one(
     ctx: Context,
     originals: Originals,
@@ -445,35 +516,16 @@ def migrate_one(
             return {**result, "state": GONE, "reason": "gone"}
         timings["read"] = time.perf_counter() - t0
         result.update(version=version, bytes_before=len(data))
-        model0, t1 = ctx.timer.seconds, time.perf_counter()
         try:
-            stored = service.store_image(data, bucket=bucket, key=dest_key, target=goal)
+            _store(ctx, data, bucket, dest_key, goal, result, timings)
         except UpscalerError as exc:
             if exc.status >= 500:
                 raise
             return {**result, "state": FAILED_OBJ, "reason": _reason(exc), "detail": exc.message[:300]}
-        model1, t2 = ctx.timer.seconds, time.perf_counter()
-        timings["model"] = model1 - model0
-        timings["encode"] = (t2 - t1) - timings["model"]  # the search: encodes, decodes and measures
-        rec = stored.record
-        result.update(
-            bytes_after=rec.stored_bytes,
-            format=rec.format,
-            megapixels=round(rec.width * rec.height / 1e6, 4),
-            form="original" if rec.stored_codec == "original" else f"x{rec.scale:g} {rec.stored_codec}",
-            quality=rec.stored_quality,
-        )
-        try:
-            checked = verify(service, bucket, dest_key, data, goal)
-        except (Verification, UpscalerError) as exc:
-            if isinstance(exc, UpscalerError) and exc.status >= 500:
-                raise
+        failed = _verify(ctx, bucket, dest_key, data, goal, result, timings)
+        if failed is not None:
             service.store.delete(bucket, dest_key)  # no unverified stored form is left to be mistaken for one
-            reason = exc.message if isinstance(exc, UpscalerError) else str(exc)
-            return {**result, "state": FAILED_OBJ, "reason": "verification failed", "detail": reason[:300]}
-        timings["model"] += ctx.timer.seconds - model1
-        timings["verify"] = time.perf_counter() - t2 - (ctx.timer.seconds - model1)
-        result.update(checked, timings={k: round(v, 4) for k, v in timings.items()})
+            return {**result, "state": FAILED_OBJ, "reason": "verification failed", "detail": failed}
         try:
             now = originals.version(key)[0]
         except NotFound:
@@ -486,9 +538,145 @@ def migrate_one(
     return {**result, "state": CHANGED, "reason": "changed during migration"}
 
 
+# ---- one object, in place --------------------------------------------------------------------------------------
+#: An object's in-place step saved in the job store before its key changes: its original is kept (copied and
+#: checked) at ``keep_key``, with the SHA-256 in ``kept``.
+KEPT = "kept"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _is_stored_form(obj: Any) -> bool:
+    return media.RECORD_MARKER in obj.metadata
+
+
+def _get(store: ObjectStore, bucket: str, key: str) -> Any:
+    try:
+        return store.get(bucket, key)
+    except NotFound:
+        return None
+
+
+def _drop_copy(store: ObjectStore, bucket: str, key: str, kept: dict[str, Any]) -> None:
+    """Remove the kept copy of an original that is back at (or never left) its key, if it is still our copy."""
+    with contextlib.suppress(NotFound):
+        if store.head(bucket, key).etag == kept["keep_etag"]:
+            store.delete(bucket, key)
+
+
+def migrate_in_place(
+    ctx: Context,
+    originals: StoreOriginals,
+    key: str,
+    keep: tuple[str, str],
+    goal: Target,
+    prev: dict[str, Any] | None,
+    save: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Migrate one original in place, never losing it: (1) copy it to the originals location ``keep`` and read
+    the copy back (SHA-256 equal), (2) ``save`` that in the job store, (3) store the stored form and its record at
+    the original's key, (4) retrieve it from there and verify it. Killed anywhere, the key holds the original or
+    a stored form whose kept original is byte-exact and recorded; a re-run (``prev`` the saved step) finishes
+    it. A stored form that fails verification is replaced by the original again. ``on_verified`` then applies
+    to the kept copy (the caller's)."""
+    store, bucket = ctx.service.store, originals.bucket
+    keep_bucket, keep_key = keep[0], keep[1] + originals.relative(key)
+    result: dict[str, Any] = {"key": key, "dest": key, "inplace": True, "keep_key": keep_key}
+    prev = prev or {}
+    ours = (prev.get(KEPT) or {}).get("keep_etag")  # a copy this migration wrote there before
+    if prev.get("state") == VERIFIED and prev.get("inplace"):
+        try:
+            now = store.head(bucket, key).etag
+        except NotFound:  # the stored form was removed since: still migrated, the kept original stays
+            return {**prev, "carried": True}
+        if now == prev.get("dest_etag"):
+            return {**prev, "carried": True}  # verified before, nothing changed: nothing to redo
+        return {**prev, "state": CHANGED, "reason": "replaced after its migration", "carried": False,
+                "detail": f"its original is kept at {keep_key}"}  # fmt: skip
+    kept = prev.get(KEPT) if prev.get("step") == KEPT else None
+    for attempt in range(2):
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        copy = _get(store, keep_bucket, keep_key) if kept else None
+        if kept and copy is not None and _sha(copy.data) != kept["sha256"]:
+            return {**result, "state": FAILED_OBJ, "reason": "kept original changed", KEPT: kept,
+                    "detail": f"{keep_key} is no longer the copy made"}  # fmt: skip
+        current = _get(store, bucket, key)
+        if kept and copy is None:  # gone from the originals location (removed by hand): start again from the key
+            if current is not None and _is_stored_form(current):
+                return {**result, "state": FAILED_OBJ, "reason": "kept original gone", KEPT: kept,
+                        "detail": f"{key} holds a stored form and {keep_key} is gone"}  # fmt: skip
+            kept = None
+        if kept is None:
+            if current is None:
+                return {**result, "state": GONE, "reason": "gone"}
+            if _is_stored_form(current):  # never take a stored form for an original
+                return {**result, "state": FAILED_OBJ, "reason": "already a stored form"}
+            copy = _get(store, keep_bucket, keep_key)
+            if copy is not None and _sha(copy.data) != _sha(current.data) and copy.etag != ours:
+                return {**result, "state": FAILED_OBJ, "reason": "originals location occupied",
+                        "detail": f"{keep_key} holds another object"}  # fmt: skip
+            if copy is None or _sha(copy.data) != _sha(current.data):
+                store.put(keep_bucket, keep_key, current.data, metadata=current.metadata,
+                          content_type=current.content_type)  # fmt: skip
+                copy = _get(store, keep_bucket, keep_key)
+                if copy is None or _sha(copy.data) != _sha(current.data):
+                    raise Unavailable(f"the copy of {key} at {keep_key} does not read back byte for byte")
+            kept = {"sha256": _sha(copy.data), "version": current.etag, "keep_etag": copy.etag}
+            ours = copy.etag
+            result.update({"step": KEPT, KEPT: kept, "state": WORKING})
+            save(result)  # the job store knows the original is kept before its key changes
+        assert copy is not None
+        data = copy.data
+        timings["read"] = time.perf_counter() - t0
+        result.update({KEPT: kept, "version": kept["version"], "bytes_before": len(data), "sha256": kept["sha256"]})
+        if current is not None and _sha(current.data) == kept["sha256"]:  # the original is still at its key
+            if store.head(bucket, key).etag != current.etag:
+                current = None  # rewritten just now: see below
+            else:
+                try:
+                    _store(ctx, data, bucket, key, goal, result, timings)
+                except UpscalerError as exc:
+                    if exc.status >= 500:
+                        raise
+                    _drop_copy(store, keep_bucket, keep_key, kept)  # nothing was written: the original is at its key
+                    return {**result, "state": FAILED_OBJ, "reason": _reason(exc), "detail": exc.message[:300],
+                            "step": None, KEPT: None}  # fmt: skip
+        elif current is not None and _is_stored_form(current):
+            try:  # written before a crash: whose original is it?
+                record = media.ImageRecord.from_metadata(current.metadata)
+            except media.InvalidRecord:
+                record = None
+            if record is not None and record.sha256 == kept["sha256"]:
+                _describe(result, record)
+            else:
+                current = None
+        else:
+            current = None
+        if current is None:  # the key was rewritten by someone else: theirs now; our copy is of what they replaced
+            log.info("original changed during its migration", extra={"key": key, "attempt": attempt + 1})
+            result["state"] = CHANGED
+            kept = None
+            continue
+        failed = _verify(ctx, bucket, key, data, goal, result, timings)
+        if failed is not None:  # the original takes its key back, read back byte for byte
+            store.put(bucket, key, data, metadata=copy.metadata, content_type=copy.content_type)
+            back = _get(store, bucket, key)
+            if back is None or _sha(back.data) != kept["sha256"]:
+                raise Unavailable(f"the original put back at {key} does not read back byte for byte")
+            _drop_copy(store, keep_bucket, keep_key, kept)
+            return {**result, "state": FAILED_OBJ, "reason": "verification failed", "detail": failed, "step": None,
+                    KEPT: None}  # fmt: skip
+        result.update(state=VERIFIED, step=None, dest_etag=store.head(bucket, key).etag, keep_etag=kept["keep_etag"])
+        return result
+    return {**result, "state": CHANGED, "reason": "changed during migration", "step": None}
+
+
 def apply_action(originals: Originals, result: dict[str, Any], on_verified: str, migration: str) -> dict[str, Any]:
-    """Tag, delete or keep a verified original; the result with its ``action`` (done once: a re-run with another
-    ``on_verified`` applies the new one)."""
+    """Tag, delete or keep a verified original (in place: its kept copy, ``originals`` being the originals
+    location); the result with its ``action`` (done once: a re-run with another ``on_verified`` applies it)."""
     action = result.get("action")
     if result.get("state") != VERIFIED or action == "deleted":
         return result
@@ -496,13 +684,21 @@ def apply_action(originals: Originals, result: dict[str, Any], on_verified: str,
         return {**result, "action": action or "kept"}
     if action == {"tag": "tagged", "delete": "deleted"}[on_verified]:
         return result
+    if result.get("inplace"):
+        key, version = result["keep_key"], result["keep_etag"]
+    else:
+        key, version = result["key"], result["version"]
     if on_verified == "tag":
-        originals.mark(result["key"], migration)
+        originals.mark(key, migration)
         return {**result, "action": "tagged"}
-    if on_verified == "delete":
-        deleted = originals.delete(result["key"], result["version"])
-        return {**result, "action": "deleted" if deleted else "kept (changed)"}
-    return {**result, "action": "kept"}
+    if originals.delete(key, version):
+        return {**result, "action": "deleted"}
+    try:
+        originals.version(key)
+    except NotFound:
+        if action == "deleting":  # deleted before a crash, after "deleting" was saved
+            return {**result, "action": "deleted"}
+    return {**result, "action": "kept (changed)"}
 
 
 class Stopped(Exception):
@@ -514,13 +710,89 @@ class Stopped(Exception):
 
 
 class ChunkCancelled(Exception):
-    """The chunk was cancelled (a re-run of its migration superseded it)."""
+    """The chunk was cancelled (a re-run of its migration superseded it), or finished by another worker."""
+
+
+class Lost(Exception):
+    """This worker's claim on an object ran out and another worker took the object over: this one leaves it."""
+
+
+class Claims:
+    """One worker's claims on the objects of one chunk. Every change of an object's state in the chunk's row is a
+    conditional write (:meth:`JobStore.modify`): an object is claimed only if no other worker holds a live claim
+    on it, and a result is saved only while this worker's claim holds. Two workers handed the same chunk (a
+    message delivered twice) therefore never both act on one object: the second finds it claimed, goes on with
+    the others and comes back to it once it is settled (then there is nothing left to do) or its claim ran out
+    (its worker died). Claims last ``migrate_claim_seconds``, renewed at each step."""
+
+    def __init__(self, jobs: JobStore, job_id: str, lease: float) -> None:
+        self.jobs, self.job_id, self.lease = jobs, job_id, lease
+        self.token = uuid.uuid4().hex
+
+    def write(
+        self,
+        settle: dict[str, dict[str, Any]] | None = None,
+        *,
+        hold: dict[str, dict[str, Any]] | None = None,
+        claim: str | None = None,
+        drop: str | None = None,
+    ) -> tuple[bool, dict[str, Any] | None, list[str]]:
+        """In one conditional write: save the results of ``settle`` and release their claims, save ``hold``'s
+        keeping them, ``claim`` a key, ``drop`` a claim. (claimed?, the claimed key's result in the row, the keys
+        of ``settle`` and ``hold`` not saved because this worker no longer holds them)."""
+        settle, hold = settle or {}, hold or {}
+        out: dict[str, Any] = {}
+
+        def change(job: Job) -> dict[str, Any] | None:
+            if job.status in FINAL:
+                raise ChunkCancelled(job.id)
+            meta = dict(job.migration or {})
+            claims, results = dict(meta.get("claims") or {}), dict(meta.get("results") or {})
+            now = time.time()
+            mine = {k for k, c in claims.items() if c.get("by") == self.token}
+            lost = [k for k in (*settle, *hold) if k not in mine]
+            for k, r in settle.items():
+                if k in mine:
+                    results[k] = r
+                    claims.pop(k)
+            for k, r in hold.items():
+                if k in mine:
+                    results[k] = r
+                    claims[k] = {"by": self.token, "until": now + self.lease}
+            if drop in mine:
+                claims.pop(drop)
+            got = False
+            if claim is not None:
+                other = claims.get(claim)
+                got = other is None or other.get("by") == self.token or other.get("until", 0) <= now
+                if got:
+                    claims[claim] = {"by": self.token, "until": now + self.lease}
+            out.update(got=got, current=results.get(claim) if claim else None, lost=lost)
+            if len(lost) == len(settle) + len(hold) and not got and drop not in mine:
+                return None
+            return {"migration": {**meta, "claims": claims, "results": results}, "frames_done": len(results)}
+
+        self.jobs.modify(self.job_id, change)
+        if out["lost"]:
+            log.warning("objects taken over by another worker", extra={"job": self.job_id, "keys": out["lost"]})
+        return out["got"], out["current"], out["lost"]
+
+    def save(self, key: str, result: dict[str, Any]) -> None:
+        """Save an intermediate state of ``key`` (still held); :class:`Lost` if another worker took it over."""
+        if self.write(hold={key: result})[2]:
+            raise Lost(key)
+
+
+def _in_progress(result: dict[str, Any] | None) -> bool:
+    """A state saved half-way (before an original is deleted, or kept before its key changes): to be finished."""
+    return result is not None and (result.get("action") == "deleting" or result.get("step") == KEPT)
 
 
 def run_chunk(ctx: Context, job: Job, stop: Callable[[], bool] | None = None) -> tuple[str, int, int, dict[str, Any]]:
     """Migrate the objects of chunk ``job``; (output URL, objects done, objects carried over, fields of the
-    Completed row). Results are saved to the job row every ``migrate_flush_seconds`` and before any delete, so a
-    killed worker redoes at most those few objects (idempotently). Raises :class:`Stopped` or
+    Completed row). Each object is claimed in the job row before it is worked on and its result saved when it
+    is released (:class:`Claims`), and saved before any original is deleted or any key changes in place, so a
+    killed worker redoes at most the object it was on (idempotently). Raises :class:`Stopped` or
     :class:`ChunkCancelled`."""
     state = dict(job.migration or {})
     spec = Spec(**state["spec"])
@@ -528,35 +800,66 @@ def run_chunk(ctx: Context, job: Job, stop: Callable[[], bool] | None = None) ->
     originals = open_originals(spec, ctx.service)
     dest = split_s3(spec.dest)
     dest = (ctx.service.bucket(dest[0]), dest[1])
-    results: dict[str, dict[str, Any]] = dict(state.get("results") or {})
-    items = state["items"]
-    last = time.monotonic()
+    acted_on = originals
+    keep: tuple[str, str] | None = None
+    if spec.in_place:
+        kb, kp = split_s3(spec.originals)
+        keep = (ctx.service.bucket(kb), kp)
+        acted_on = StoreOriginals(ctx.service.store, keep[0], keep[1])
+    claims = Claims(ctx.jobs, job.id, ctx.settings.migrate_claim_seconds)
+    settled: dict[str, dict[str, Any]] = {}  # released with the next write
 
-    def save(force: bool = False) -> None:
-        nonlocal last
-        if force or time.monotonic() - last >= ctx.settings.migrate_flush_seconds:
-            last = time.monotonic()
-            ctx.jobs.update(job.id, migration={**state, "results": results}, frames_done=len(results))
-            if ctx.jobs.get(job.id).status == CANCELLED:
-                raise ChunkCancelled(job.id)
-
-    for item in items:
-        key = item["key"]
-        if stop is not None and stop():
-            save(force=True)
-            raise Stopped(len(results))
-        done = results.get(key)
-        if done is None or done.get("action") == "deleting":
-            prev = done or item.get("prev")
-            result = migrate_one(ctx, originals, key, dest, goal, prev)
+    def work(key: str, item: dict[str, Any], done: dict[str, Any] | None) -> dict[str, Any]:
+        if done is not None and not _in_progress(done):
+            return apply_action(acted_on, done, on_verified, state["id"])  # settled by another worker: its result
+        prev = done or item.get("prev")
+        if keep is not None:
+            assert isinstance(originals, StoreOriginals)
+            result = migrate_in_place(ctx, originals, key, keep, goal, prev, lambda r: claims.save(key, r))
         else:
-            result = done
+            result = migrate_one(ctx, originals, key, dest, goal, prev)
         if result.get("state") == VERIFIED and on_verified == "delete" and result.get("action") != "deleted":
-            results[key] = {**result, "action": "deleting"}
-            save(force=True)  # the job store knows it was verified before the original goes
-        results[key] = apply_action(originals, result, on_verified, state["id"])
-        save()
-    save(force=True)  # the Completed row keeps these results (a transition writes over the stored row)
+            result = {**result, "action": "deleting"}
+            claims.save(key, result)  # the job store knows it was verified before the original goes
+        return apply_action(acted_on, result, on_verified, state["id"])
+
+    def attempt(item: dict[str, Any]) -> bool:
+        """Claim and migrate one object; False when another worker holds it."""
+        nonlocal settled
+        key = item["key"]
+        got, done, _ = claims.write(settled, claim=key)
+        settled = {}
+        if not got:
+            return False
+        try:
+            settled[key] = work(key, item, done)
+        except Lost:
+            pass
+        except BaseException:
+            with contextlib.suppress(UpscalerError, ChunkCancelled):
+                claims.write(drop=key)  # no wait for another attempt at it
+            raise
+        return True
+
+    waiting = []
+    count = 0
+    for item in state["items"]:
+        if stop is not None and stop():
+            claims.write(settled)
+            raise Stopped(count)
+        if attempt(item):
+            count += 1
+        else:
+            waiting.append(item)
+    while waiting:  # held by another worker: settled by it, or taken over once its claim runs out
+        claims.write(settled)
+        settled = {}
+        time.sleep(min(1.0, ctx.settings.migrate_claim_seconds))
+        if stop is not None and stop():
+            raise Stopped(count)
+        waiting = [item for item in waiting if not attempt(item)]
+    claims.write(settled)
+    results = (ctx.jobs.get(job.id).migration or {}).get("results") or {}
     carried = sum(1 for r in results.values() if r.get("carried"))
     verified = [r for r in results.values() if r.get("state") == VERIFIED]
     totals = {
@@ -746,7 +1049,7 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any], settings: S
     verified = [r for r in rows if r.get("state") == VERIFIED]
     before = sum(r.get("bytes_before", 0) for r in verified)
     after = sum(r.get("bytes_after", 0) for r in verified)
-    failures = _count(r.get("reason", "?") for r in rows if r.get("state") != VERIFIED)
+    failures = _count(r.get("reason", "?") for r in rows if r.get("state") not in (VERIFIED, WORKING))
     seconds: dict[str, float] = {"list": meta.get("list_seconds", 0.0)}
     for r in rows:
         for k, v in (r.get("timings") or {}).items():
@@ -791,6 +1094,7 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any], settings: S
         },
         "cost": {
             "prices": {k: v for k, v in prices.items() if k != "classes"},
+            "usd_per_gb_month": {k: float(c["usd_per_gb_month"]) for k, c in prices["classes"].items()},
             "usd_per_month_before": _cents(cost_before),
             "usd_per_month_after": _cents(cost_after),
             "usd_per_month_saved": {k: round(cost_before[k] - cost_after[k], 6) for k in cost_before},
@@ -824,61 +1128,193 @@ def write_csv(path: Path, results: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+#: The colours of the migration report's plots (the test bench's palette).
+PLOT_COLORS = {"objects": "#0072B2", "share": "#E69F00", "fidelity": "#009E73"}
+
+
+def _cell(value: Any) -> str:
+    """A figure as the report shows it: whole numbers with thousands separators, the rest as the JSON has it."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.6f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:,.1f}"
+    return str(value)
+
+
+def _table(name: str, headers: list[str], rows: list[list[Any]], *, failed: frozenset[int] = frozenset()) -> str:
+    """A table of the report (``data-table`` names it for readers and tests); row ``i`` in ``failed`` is marked."""
+    esc = html.escape
+    head = "".join(f"<th>{h}</th>" for h in headers)  # headers are ours, with their unit spans
+    body = []
+    for i, row in enumerate(rows):
+        cls = ' class="failed"' if i in failed else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>")
+    return f'<table data-table="{name}"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def _unit(label: str, unit: str) -> str:
+    return f"{html.escape(label)} <span class=unit>({html.escape(unit)})</span>"
+
+
+def _histogram(values: list[float], goal: str | None) -> str:
+    """The fidelity of the verified objects, binned: one bar per bin (objects), worst bin first."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return "<p>No fidelity measured (every object came back identical, or none was verified).</p>"
+    lo, hi = finite[0], finite[-1]
+    bins = max(1, min(12, len(finite)))
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in finite:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    digits = 3 if hi < 2 else 1
+    groups = [
+        (
+            f"{lo + i * width:.{digits}f} – {lo + (i + 1) * width:.{digits}f}",
+            [("objects", PLOT_COLORS["fidelity"], float(n))],
+            f"{n} object(s)",
+        )
+        for i, n in enumerate(counts)
+    ]
+    title = "Fidelity on retrieval" + (f" (target {goal})" if goal else "")
+    return f'<div class="plots">{bars_svg(groups, x_label="objects", title=title, width=860)}</div>'
+
+
+def _count_bars(counts: dict[str, int], title: str, x_label: str, color: str) -> str:
+    total = sum(counts.values()) or 1
+    groups = [
+        (k, [(x_label, color, float(v))], f"{v} ({100 * v / total:.1f} %)")
+        for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+    ]
+    return f'<div class="plots">{bars_svg(groups, x_label=x_label, title=title, width=860)}</div>' if groups else ""
+
+
 def write_html(path: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> Path:
-    """The report as a page in the test bench's style (``testing/report.py``)."""
+    """The report as a page in the test bench's style (``testing/report.py``: the same stylesheet and plots, a
+    summary with its verdict, failures listed, a table per section and every object in a scrolling table). Each
+    table names itself (``data-table``) and shows the figures of ``report.json``."""
     rep = summary["report"]
     esc = html.escape
-
-    def table(headers: list[str], rows: list[list[Any]]) -> str:
-        head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    b, o, cost = rep["bytes"], rep["objects"], rep["cost"]
-    totals = table(
-        ["objects listed", "verified", "carried over", "failed", "changed", "bytes before", "bytes after", "saved %"],
-        [[o["listed"], o["verified"], o["carried_over"], o["failed"], o["changed"], f"{b['before']:,}",
-          f"{b['after']:,}", b["saved_percent"]]],
-    )  # fmt: skip
-    costs = table(
-        ["storage class", "USD/month before", "USD/month after", "saved"],
-        [[k, cost["usd_per_month_before"][k], cost["usd_per_month_after"][k], cost["usd_per_month_saved"][k]]
-         for k in cost["usd_per_month_before"]],
-    )  # fmt: skip
-    forms = table(["form", "objects"], sorted(rep["forms"].items(), key=lambda kv: -kv[1]))
-    fails = table(["reason", "objects"], sorted(rep["failures"].items(), key=lambda kv: -kv[1]))
-    fid = rep["fidelity"]["measured"] or {}
-    fidelity = table(["target", "identical files", *fid], [[rep["fidelity"]["target"], rep["fidelity"]["identical"],
-                                                            *fid.values()]])  # fmt: skip
-    times = table(["part", "seconds", "share"], [[k, v, rep["time"]["share"].get(k, "")]
-                                                 for k, v in rep["time"]["seconds"].items()])  # fmt: skip
-    every = table(
-        ["key", "state", "reason", "bytes before", "bytes after", "form", "fidelity", "action"],
-        [[k, r.get("state"), r.get("reason", ""), r.get("bytes_before", ""), r.get("bytes_after", ""),
-          r.get("form", ""), r.get("fidelity", ""), r.get("action", "")] for k, r in sorted(results.items())],
-    )  # fmt: skip
+    o, b, t, cost, fid = rep["objects"], rep["bytes"], rep["time"], rep["cost"], rep["fidelity"]
     prices = cost["prices"]
+    summary_rows = [
+        [_unit("objects listed", "objects"), o["listed"]],
+        [_unit("verified", "objects"), o["verified"]],
+        [_unit("carried over from earlier rounds", "objects"), o["carried_over"]],
+        [_unit("failed", "objects"), o["failed"]],
+        [_unit("changed during the run", "objects"), o["changed"]],
+        [_unit("gone", "objects"), o["gone"]],
+        [_unit("bytes before", "B, verified objects"), b["before"]],
+        [_unit("bytes after", "B, their stored forms"), b["after"]],
+        [_unit("saved", "B"), b["saved"]],
+        [_unit("saved", "%"), b["saved_percent"]],
+        [_unit("migrated", "MP"), t["megapixels"]],
+        [_unit("time per megapixel", "s/MP"), t["seconds_per_megapixel"]],
+    ]
+    head = "".join(f"<th>{h}</th>" for h in ("measure", "value"))
+    body = "".join(f"<tr><td>{label}</td><td>{esc(_cell(v))}</td></tr>" for label, v in summary_rows)
+    summary_table = f'<table data-table="summary"><tr>{head}</tr>{body}</table>'
+    saved = b["saved_percent"]
+    cls = "win" if saved is not None and saved > 0 else "lose"
+    verdict = (
+        f"<p><b>{o['verified']} of {o['listed']}</b> object(s) verified; their stored forms take "
+        f'<span class="{cls}">{esc(_cell(saved))} %</span> fewer bytes than the originals. Originals: '
+        + (", ".join(f"{esc(k)} {v}" for k, v in o["actions"].items()) or "none acted on")
+        + ".</p>"
+    )
+    failed = {k: r for k, r in results.items() if r.get("state") not in (VERIFIED, WORKING)}
+    failures = ""
+    if failed:
+        items = "".join(
+            f"<li>{esc(k)}: <code>{esc(r.get('reason', '?'))}{': ' + esc(r['detail']) if r.get('detail') else ''}"
+            "</code></li>"
+            for k, r in sorted(failed.items())
+        )
+        failures = (
+            f"<h2>Failures ({len(failed)})</h2><p>Each keeps its original. By reason:</p>"
+            + _table("failures", ["reason", "objects"], sorted(rep["failures"].items(), key=lambda kv: -kv[1]))
+            + f'<ul class="failures">{items}</ul>'
+        )
+    measured = fid["measured"] or {}
+    fidelity_table = _table(
+        "fidelity",
+        ["target", "identical files", *measured],
+        [[fid["target"], fid["identical"], *measured.values()]],
+    )
+    values = [r["fidelity"] for r in results.values() if r.get("state") == VERIFIED and r.get("fidelity") is not None]
+    forms_table = _table("forms", ["form", "objects"], sorted(rep["forms"].items(), key=lambda kv: -kv[1]))
+    per_gb = cost.get("usd_per_gb_month", {})
+    per_tib = cost["usd_per_month_per_tib_of_originals"]
+    cost_rows = [
+        [k, per_gb.get(k), cost["usd_per_month_before"][k], cost["usd_per_month_after"][k],
+         cost["usd_per_month_saved"][k], per_tib[k]["before"], per_tib[k]["after"]]
+        for k in cost["usd_per_month_before"]
+    ]  # fmt: skip
+    cost_table = _table(
+        "cost",
+        ["storage class", _unit("price", "USD/GB-month"), _unit("before", "USD/month"), _unit("after", "USD/month"),
+         _unit("saved", "USD/month"), _unit("per TiB of originals, before", "USD/month"),
+         _unit("per TiB of originals, after", "USD/month")],
+        cost_rows,
+    )  # fmt: skip
+    time_table = _table(
+        "time",
+        ["part", _unit("seconds", "s"), _unit("share", "of the total")],
+        [[k, v, t["share"].get(k)] for k, v in t["seconds"].items()],
+    )
+    shares = {k: round(100 * v, 1) for k, v in t["share"].items()}
+    keys = sorted(results)
+    every = _table(
+        "objects",
+        ["key", "state", "reason", _unit("before", "B"), _unit("after", "B"), "form", "fidelity", "action"],
+        [[k, results[k].get("state"), results[k].get("reason"), results[k].get("bytes_before"),
+          results[k].get("bytes_after"), results[k].get("form"), results[k].get("fidelity"), results[k].get("action")]
+         for k in keys],
+        failed=frozenset(i for i, k in enumerate(keys) if k in failed),
+    )  # fmt: skip
+    keep = f" · originals kept at {esc(summary['originals'])}" if summary.get("originals") else ""
+    meta = (
+        f"{esc(summary.get('source', ''))} → {esc(summary.get('dest', ''))}{keep} · target "
+        f"{esc(summary.get('target', ''))} · on verified: {esc(str(summary.get('on_verified')))} · status "
+        f"{esc(summary['status'])} · round {summary['round']} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Migration {esc(summary["id"])}</title>
 <style>{REPORT_STYLE}</style></head>
 <body>
 <h1>Migration {esc(summary["id"])}</h1>
-<p class="meta">{esc(summary.get("source", ""))} → {esc(summary.get("dest", ""))}
-· target {esc(summary.get("target", ""))} · on verified: {esc(str(summary.get("on_verified")))}
-· status {esc(summary["status"])} · round {summary["round"]}</p>
-<div class="note"><p>Every object counted as verified was stored, then retrieved as a user would get it and checked:
-the target met on the retrieved file, its size and format those of the original, the SHA-256 in its record the
-original's (and for <code>exact</code> the retrieved file's too). Any other object keeps its original.</p></div>
-<h2>Totals</h2>{totals}
-<h2>Monthly cost</h2>{costs}
-<p class="meta">Prices: {esc(str(prices.get("region", "")))}, as of {esc(str(prices.get("as_of", "")))}
+<p class="meta">{meta}</p>
+<div class="note"><p><b>How to read it.</b> Every object counted as verified was stored, then retrieved as a user
+would get it and checked: the target met on the retrieved file, its size and format those of the original, the
+SHA-256 in its record the original's (and for <code>exact</code> the retrieved file's too). Any other object keeps
+its original, and is listed under Failures with its reason. Bytes and costs count the verified objects only;
+"carried over" objects were verified by an earlier round and not done again. Monthly costs apply each storage
+class's price (and minimum billable object size) to the originals and to their stored forms.</p></div>
+<h2>Summary</h2>
+{summary_table}
+{verdict}
+{failures}
+<h2>Fidelity on retrieval</h2>
+{fidelity_table}
+{_histogram(values, fid["target"])}
+<h2>Forms chosen</h2>
+{forms_table}
+{_count_bars(rep["forms"], "Stored forms chosen", "objects", PLOT_COLORS["objects"])}
+<h2>Monthly cost by storage class</h2>
+{cost_table}
+<p class="meta">Prices: {esc(str(prices.get("region", "")))}, as of <b>{esc(str(prices.get("as_of", "")))}</b>
 ({esc(str(prices.get("source", "")))}).</p>
-<h2>Fidelity on retrieval</h2>{fidelity}
-<h2>Forms chosen</h2>{forms}
-<h2>Failures by reason</h2>{fails}
-<h2>Time</h2>{times}
-<p class="meta">{rep["time"]["megapixels"]} MP migrated, {rep["time"]["seconds_per_megapixel"]} s per megapixel.</p>
-<h2>Every object</h2><div class="scroll">{every}</div>
+<h2>Where the time goes</h2>
+{time_table}
+{_count_bars(shares, "Share of the time (%)", "% of the time", PLOT_COLORS["share"])}
+<h2>Every object ({len(results)})</h2>
+<div class="scroll">{every}</div>
+<p class="meta">Files: <code>report.json</code> (these figures, and every object's state),
+<code>objects.csv</code> (a row per object), beside this page.</p>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,14 @@ class JobStore(ABC):
     @abstractmethod
     def update(self, job_id: str, **fields: Any) -> None:
         """Set progress fields of a job that is not finished (ignored once it is)."""
+
+    @abstractmethod
+    def modify(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job | None:
+        """A conditional read-modify-write of progress fields: ``change`` sees the job as it is and returns the
+        fields to set (None: nothing), which are written only if the row is still exactly what ``change`` saw
+        (otherwise it is asked again, on the new row). The job as written, or None when nothing was. ``change`` may
+        raise to abort; it may run more than once, so it must only compute. What two workers decide from the same
+        row cannot both be written: per-object claims of a migration chunk rest on this."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -116,6 +125,25 @@ class SqliteJobStore(JobStore):
                     (json.dumps(data), data["updated_at"], job_id),
                 )
             conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def modify(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job | None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # the row cannot change between the read and the write
+        try:
+            job = self.get(job_id)
+            fields = change(job)
+            new = None
+            if fields is not None:
+                new = Job.from_dict({**job.merged(fields), "status": job.status, "updated_at": time.time()})
+                conn.execute(
+                    "UPDATE jobs SET body = ?, updated_at = ? WHERE id = ?",
+                    (json.dumps(new.to_dict()), new.updated_at, job_id),
+                )
+            conn.execute("COMMIT")
+            return new
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -223,6 +251,17 @@ class DynamoJobStore(JobStore):
             if self._replace(job, Job.from_dict({**job.merged(fields), "updated_at": time.time()})):
                 return
         log.warning("job progress not recorded: the row kept changing", extra={"job": job_id})
+
+    def modify(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job | None:
+        for _ in range(16):  # the heartbeat writes the same row every few seconds: try again on the new row
+            job = self.get(job_id)
+            fields = change(job)
+            if fields is None:
+                return None
+            new = Job.from_dict({**job.merged(fields), "status": job.status, "updated_at": time.time()})
+            if self._replace(job, new):  # put_item conditioned on the exact body change() saw
+                return new
+        raise Unavailable(f"job {job_id} keeps changing; its update was not applied", retry_after=1)
 
     def _replace(self, old: Job, new: Job) -> bool:
         """Write ``new`` if the row is still ``old`` exactly (optimistic concurrency); False if it changed."""
