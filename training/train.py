@@ -1,0 +1,281 @@
+"""Fine-tune SPAN from the shipped weights on (stored, original) pairs made by :mod:`training.data`.
+
+    python -m training.train --data training/data --scale 2 --steps 3000 --run training/runs/span-x2-stored
+    python -m training.train ... --resume          # go on from the run's last checkpoint
+
+The network is :class:`upscaler.engine.torch_net.GraphModule` built from the shipped ``.param``/``.bin`` (the same
+module the PyTorch runtime serves), so the fine-tuned weights keep the stock architecture and layer names and
+export back to an ncnn ``.bin`` (:mod:`training.export`). Loss: Charbonnier on RGB in [0, 1] (``--loss l1`` for
+plain L1); Adam with a cosine-decayed learning rate; random LR patches (``--patch`` px, HR patch ``patch x scale``)
+with flips and 90-degree turns, drawn uniformly over the training pairs of every codec and quality.
+
+Every ``--val-every`` steps (and at step 0, which scores the stock weights) the held-out split of the dataset is
+scored: PSNR-Y with BasicSR's conventions (BT.601 Y, ``scale`` pixels cropped; :func:`upscaler.metrics.psnr`) on a
+fixed centre crop of each validation pair, next to bicubic on the same stored pixels. A checkpoint
+(``last.pt``: weights, optimiser, step, random states, history) is written every ``--save-every`` steps and at the
+end; ``best.pt`` keeps the weights of the best validation score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.data import Pair, load_manifest
+from upscaler.engine import graph as graph_io
+from upscaler.engine import registry
+from upscaler.engine.torch_net import GraphModule
+from upscaler.metrics import psnr
+
+
+def stock_graph(scale: int) -> graph_io.Graph:
+    """The shipped SPAN graph for ``scale`` (2 or 4), with its weights."""
+    spec = registry.MODELS[f"span-x{scale}"]
+    return graph_io.read(*registry.weight_files(spec))
+
+
+def stock_module(scale: int) -> GraphModule:
+    return GraphModule(stock_graph(scale))
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+@dataclass
+class Loaded:
+    pair: Pair
+    hr: np.ndarray  # HxWx3 uint8
+    lr: np.ndarray
+
+
+def load_pairs(folder: Path, scale: int, split: str) -> list[Loaded]:
+    hrs: dict[str, np.ndarray] = {}
+    out = []
+    for pair in load_manifest(folder):
+        if pair.scale != scale or pair.split != split:
+            continue
+        if pair.hr not in hrs:
+            hrs[pair.hr] = np.asarray(Image.open(folder / pair.hr).convert("RGB"))
+        lr = np.asarray(Image.open(folder / pair.lr).convert("RGB"))
+        hr = hrs[pair.hr]
+        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            raise ValueError(f"{pair.lr}: {lr.shape} is not {hr.shape} / {scale}")
+        out.append(Loaded(pair, hr, lr))
+    return out
+
+
+def sample_batch(
+    pairs: list[Loaded], batch: int, patch: int, scale: int, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random aligned (LR, HR) patches, flipped and turned at random, as float NCHW in [0, 1]."""
+    lrs, hrs = [], []
+    for _ in range(batch):
+        item = rng.choice(pairs)
+        h, w = item.lr.shape[:2]
+        p = min(patch, h, w)
+        y, x = rng.randrange(0, h - p + 1), rng.randrange(0, w - p + 1)
+        lr = item.lr[y : y + p, x : x + p]
+        hr = item.hr[y * scale : (y + p) * scale, x * scale : (x + p) * scale]
+        if rng.random() < 0.5:
+            lr, hr = lr[:, ::-1], hr[:, ::-1]
+        turns = rng.randrange(4)
+        lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
+        lrs.append(np.ascontiguousarray(lr))
+        hrs.append(np.ascontiguousarray(hr))
+    size = min(a.shape[0] for a in lrs)  # images smaller than the patch: crop the batch to the smallest
+    lr_t = torch.from_numpy(np.stack([a[:size, :size] for a in lrs])).permute(0, 3, 1, 2).float().div_(255.0)
+    hr_t = torch.from_numpy(np.stack([a[: size * scale, : size * scale] for a in hrs])).permute(0, 3, 1, 2)
+    return lr_t, hr_t.float().div_(255.0)
+
+
+def _centre(arr: np.ndarray, side: int, scale: int = 1) -> np.ndarray:
+    h, w = arr.shape[:2]
+    s = side * scale
+    y, x = max(0, (h - s) // 2 // scale * scale), max(0, (w - s) // 2 // scale * scale)
+    return arr[y : y + s, x : x + s]
+
+
+@torch.no_grad()
+def validate(module: torch.nn.Module, pairs: list[Loaded], scale: int, side: int = 128) -> dict[str, float]:
+    """Mean PSNR-Y (crop = scale) of the model and of bicubic on a centre crop of each validation pair."""
+    module.eval()
+    model_scores, bicubic_scores = [], []
+    for item in pairs:
+        lr = _centre(item.lr, side)
+        hr = _centre(item.hr, side, scale)[: lr.shape[0] * scale, : lr.shape[1] * scale]
+        x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float().div_(255.0)
+        y = module(x)[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
+        up = np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.Resampling.BICUBIC))
+        model_scores.append(psnr(hr, y, crop_border=scale))
+        bicubic_scores.append(psnr(hr, up, crop_border=scale))
+    module.train()
+    return {"psnr_y": float(np.mean(model_scores)), "bicubic_psnr_y": float(np.mean(bicubic_scores))}
+
+
+def _state(module, opt, step, rng, history, args) -> dict:
+    return {
+        "model": module.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "python_rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a run killed mid-write keeps its previous checkpoint
+
+
+def _lr_at(step: int, args: argparse.Namespace, time_done: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay over the steps, or over the wall-clock budget (``time_done``, the share of
+    ``--max-minutes`` spent) when that runs out first, so a run stopped by its budget ends at a low rate."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    t = max((step - args.warmup) / max(1, args.steps - args.warmup), time_done)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) a fine-tuning run; returns its summary (also written to ``<run>/summary.json``)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    train_pairs = load_pairs(args.data, args.scale, "train")
+    val_pairs = load_pairs(args.data, args.scale, "val")
+    if not train_pairs:
+        raise SystemExit(f"no x{args.scale} training pairs in {args.data} (python -m training.data)")
+    module = stock_module(args.scale).train()
+    opt = torch.optim.Adam(module.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+    history: list[dict] = []
+    step = 0
+    last = args.run / "last.pt"
+    if args.resume and last.is_file():
+        state = torch.load(last, weights_only=False)
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed {last} at step {step}", file=sys.stderr)
+    best = max((h["val"]["psnr_y"] for h in history if "val" in h), default=-math.inf)
+    if step == 0 and val_pairs:
+        history.append({"step": 0, "val": validate(module, val_pairs, args.scale)})
+        best = history[-1]["val"]["psnr_y"]
+        print(f"step 0 (stock weights): val {history[-1]['val']}", file=sys.stderr)
+    loss_fn = charbonnier if args.loss == "charbonnier" else torch.nn.functional.l1_loss
+    running, started = [], time.perf_counter()
+    bar = tqdm(total=args.steps, initial=step, desc=f"span-x{args.scale}", unit="step", disable=args.quiet)
+    deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
+    while step < args.steps:
+        if time.perf_counter() > deadline:  # a wall-clock budget: stop cleanly, checkpoint and validate
+            bar.write(f"--max-minutes {args.max_minutes:g} reached at step {step}")
+            if val_pairs:
+                history.append({"step": step, "val": validate(module, val_pairs, args.scale)})
+                if history[-1]["val"]["psnr_y"] > best:
+                    best = history[-1]["val"]["psnr_y"]
+                    _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": history[-1]["val"]})
+            _save(last, _state(module, opt, step, rng, history, args))
+            break
+        time_done = (time.perf_counter() - started) / (60 * args.max_minutes) if args.max_minutes else 0.0
+        rate = _lr_at(step, args, time_done)
+        for group in opt.param_groups:
+            group["lr"] = rate
+        lr_t, hr_t = sample_batch(train_pairs, args.batch, args.patch, args.scale, rng)
+        loss = loss_fn(module(lr_t), hr_t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{rate:.1e}")
+        entry: dict = {}
+        if step % args.log_every == 0 or step == args.steps:
+            seconds = time.perf_counter() - started
+            entry = {"step": step, "loss": float(np.mean(running)), "lr": rate, "seconds": seconds}
+            running = []
+        if val_pairs and (step % args.val_every == 0 or step == args.steps):
+            entry = entry or {"step": step}
+            entry["val"] = validate(module, val_pairs, args.scale)
+            bar.write(f"step {step}: val {entry['val']}")
+            if entry["val"]["psnr_y"] > best:
+                best = entry["val"]["psnr_y"]
+                _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": entry["val"]})
+        if entry:
+            history.append(entry)
+        if step % args.save_every == 0 or step == args.steps:
+            _save(last, _state(module, opt, step, rng, history, args))
+    bar.close()
+    if not (args.run / "best.pt").is_file():  # no validation split: the last weights are the result
+        _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": None})
+    summary = {
+        "scale": args.scale,
+        "steps": step,
+        "batch": args.batch,
+        "patch": args.patch,
+        "loss": args.loss,
+        "lr": args.lr,
+        "train_pairs": len(train_pairs),
+        "val_pairs": len(val_pairs),
+        "train_images": len({p.pair.image for p in train_pairs}),
+        "val_images": len({p.pair.image for p in val_pairs}),
+        "stopped_at_deadline": step < args.steps,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }
+    (args.run / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("training/data"), help="dataset folder (training.data)")
+    p.add_argument("--run", type=Path, default=Path("training/runs/span-x2-stored"), help="checkpoints go here")
+    p.add_argument("--scale", type=int, default=2, choices=(2, 4))
+    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (a resumed run counts on)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=48, help="LR patch side in pixels")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (Adam)")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--loss", choices=("charbonnier", "l1"), default="charbonnier")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=19)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (checkpointed) after this wall time; 0 = none")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    summary = train(parser().parse_args(argv))
+    vals = [h for h in summary["history"] if "val" in h]
+    if vals:
+        first, end = vals[0], vals[-1]
+        print(f"val PSNR-Y: stock {first['val']['psnr_y']:.3f} -> step {end['step']} {end['val']['psnr_y']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
