@@ -15,6 +15,12 @@ encode goes through `transcode`, as a job's does. Table 3 per clip, table 4 by b
 speed, table 6 the stored codec at equal restored PSNR-Y, table 7 the fewest bytes reaching a PSNR-Y target.
 About an hour on 2 cores; 6 minutes with --jobs 6 on 16 cores and a CUDA GPU.
 
+--footage: tables 3-7 on real footage instead of camera moves over photos: the two clips Debian ships
+(python3-mecavideo's balle-jbart.mp4, 720x576, CC BY-SA 3.0; opencv-doc's vtest.avi, 768x576, Apache-2.0 AND
+BSD-3-Clause; apt-get install python3-mecavideo opencv-doc), or the files named, each cut to its first --seconds
+(10) by copying packets, so the source is the footage's own bytes. No Debian package was found with real footage
+at 720p or more.
+
 --searches: table 9, the targeted search exhaustive against pruned (video_upscaler.targeting), A B interleaved on
 the same sample frames (--clips, --targets, --repeats, --segments, --segment-frames; 640x360 clips of 2 s unless
 --size/--seconds say otherwise).
@@ -858,6 +864,84 @@ def _clip_points(job: tuple[int, str, tuple[int, int], int, int, argparse.Namesp
         return storage_points(engine, name, src, size, Path(tmp), samples, args.workers, args.points)
 
 
+#: Real camera footage that Debian packages ship: none at 720p or more was found (apt-cache searches for sample,
+#: test and demo videos), so these two, below 720p: path -> (clip, what it shows, package, licence).
+FOOTAGE = {
+    "/usr/share/pymecavideo/data/video/balle-jbart.mp4": (
+        "balle-jbart",
+        "a ball thrown in a room, 720x576 25 fps, with audio",
+        "python3-mecavideo",
+        "CC BY-SA 3.0, Benoit Markey",
+    ),
+    "/usr/share/doc/opencv-doc/examples/data/vtest.avi": (
+        "vtest",
+        "people walking past a fixed camera, 768x576 10 fps (MS-MPEG4)",
+        "opencv-doc",
+        "Apache-2.0 AND BSD-3-Clause, OpenCV",
+    ),
+}
+
+
+def cut(src: Path, dst: Path, seconds: float) -> None:
+    """The first ``seconds`` of ``src``, its video and audio packets copied as they are (no re-encode), into
+    ``dst`` (the same container format): the footage as shipped, shortened."""
+    import av
+
+    with av.open(str(src)) as c, av.open(str(dst), "w", format=c.format.name.split(",")[0]) as out:
+        streams = [s for s in c.streams if s.type in ("video", "audio")]
+        copies = {s.index: out.add_stream_from_template(s) for s in streams}
+        for packet in c.demux(streams):
+            if packet.dts is None or packet.pts is None:
+                continue
+            if packet.pts * packet.time_base >= seconds:
+                continue
+            packet.stream = copies[packet.stream.index]
+            out.mux(packet)
+
+
+def _footage_points(job: tuple[str, float, int, argparse.Namespace]) -> list[Point]:
+    path, seconds, samples, args = job
+    name = FOOTAGE.get(path, (Path(path).stem,))[0]
+    engine = Engine(Settings.from_env({}, ncnn_threads=args.threads), model_dir=args.model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / f"source{Path(path).suffix}"
+        cut(Path(path), src, seconds)
+        info = probe(src)
+        size = (info.width - info.width % (2 * SCALE), info.height - info.height % (2 * SCALE))
+        if size != (info.width, info.height):
+            raise SystemExit(f"{path}: {info.width}x{info.height} is not a multiple of {2 * SCALE} on each side")
+        return storage_points(engine, name, src, size, Path(tmp), samples, args.workers, args.points)
+
+
+def footage_main(args: argparse.Namespace) -> None:
+    """Tables 3-7 on real footage (FOOTAGE, or the files given), each clip cut to --seconds (10)."""
+    paths = args.footage or [p for p in FOOTAGE if Path(p).is_file()]
+    if not paths:
+        raise SystemExit("no footage: apt-get install python3-mecavideo opencv-doc, or name files after --footage")
+    seconds, samples = args.seconds or 10.0, args.samples or 12
+    start = time.perf_counter()
+    points: list[Point] = []
+    for path in paths:
+        print(f"  {path}: {' / '.join(FOOTAGE.get(path, ('given',))[1:])}", file=sys.stderr)
+        points += _footage_points((path, seconds, samples, args))
+    print(f"footage run: {time.perf_counter() - start:.0f} s, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    footage_tables(points, paths, seconds, samples)
+
+
+def footage_tables(points: list[Point], paths: list[str], seconds: float, samples: int) -> None:
+    """Tables 3-7 for each footage clip on its own (each has its own size and frame rate)."""
+    for path in paths:
+        name = FOOTAGE.get(path, (Path(path).stem,))[0]
+        mine = [p for p in points if p.clip == name]
+        if not mine:
+            continue
+        what = FOOTAGE.get(path, (name, "given", "", ""))
+        info = probe(Path(path))
+        frames = min(info.frames or math.inf, round(seconds * info.rate))
+        print(f"\n== {name}: {what[1]}; Debian package {what[2]}, {what[3]}; first {seconds:g} s ({frames} frames)")
+        storage_tables(mine, (info.width, info.height), frames, samples)
+
+
 def storage_main(args: argparse.Namespace) -> None:
     size = args.size or ((320, 176) if args.quick else (1280, 720))
     frames = int((args.seconds or (1.0 if args.quick else 10.0)) * RATE)
@@ -916,6 +1000,12 @@ def main() -> None:
         action="store_true",
         help="tables 3-6 instead: stored codecs x2/x4 + span against full-size H.264/HEVC/AV1 at the same bytes",
     )
+    parser.add_argument(
+        "--footage",
+        nargs="*",
+        default=None,
+        help="tables 3-7 on real footage (no paths: the Debian clips in FOOTAGE), each cut to --seconds",
+    )
     parser.add_argument("--clips", type=int, default=6, help="--storage: clips (default 6)")
     parser.add_argument("--seconds", type=float, default=None, help="--storage: seconds per clip (default 10)")
     parser.add_argument("--samples", type=int, default=None, help="--storage: frames scored per clip (default 12)")
@@ -944,6 +1034,13 @@ def main() -> None:
         rows = [json.loads(line) for line in Path(args.tables_from).read_text().splitlines() if line]
         size = args.size or (1280, 720)
         targeted_table(rows, size, int((args.seconds or 10.0) * RATE), args.segments, args.segment_frames)
+        return
+    if args.tables_from and args.footage is not None:
+        saved = [Point(**json.loads(line)) for line in Path(args.tables_from).read_text().splitlines() if line]
+        footage_tables(saved, args.footage or list(FOOTAGE), args.seconds or 10.0, args.samples or 12)
+        return
+    if args.footage is not None:
+        footage_main(args)
         return
     if args.tables_from:
         saved = [Point(**json.loads(line)) for line in Path(args.tables_from).read_text().splitlines() if line]
