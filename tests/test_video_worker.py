@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_video_pipeline import make_clip, packets, truncated_copy, video_info
+from tests.test_video_pipeline import cues, make_clip, packets, truncated_copy, video_info
 from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
 from upscaler.errors import InvalidInput
@@ -321,6 +321,34 @@ def test_a_targeted_job_chooses_its_form_and_meets_the_target_on_retrieval(setup
     assert len(back) == len(source) == 10
     assert np.mean([psnr(a, b) for a, b in zip(source, back, strict=True)]) >= 30  # met on retrieval
     assert packets(out, "audio") == packets(clip, "audio")  # stored and retrieved with the audio copied
+
+
+@pytest.mark.parametrize("target", ["psnr:45", "ssim:0.995"])
+def test_a_high_target_stores_full_size_and_retrieval_meets_it_with_audio_and_subtitles(setup, target) -> None:
+    """A target no downscale reaches: the job stores the clip at full size, in the codec and CRF it measured, and
+    the upscale delivers that video as it is (re-encoding it in the output codec took psnr:45 down to 40.2 dB);
+    the retrieved video meets the target in the job's own metric, with the source's audio and subtitle packets."""
+    store, jobs, queue, worker, tmp = setup
+    clip = tmp / "clip.mp4"
+    make_clip(clip, frames=8, size=(64, 64), subtitles=("one", "two"))
+    store.put_file("media", "h.mp4", clip, metadata={}, content_type="video/mp4")
+    down = submit(jobs, queue, Job(method="downscale", video="s3://media/h.mp4", target=target))
+    _run_one(queue, worker)
+    done = jobs.get(down.id)
+    assert done.status == COMPLETED, done.error
+    decision, wanted = done.to_v1()["decision"], parse_target(target)
+    assert decision["scale"] == 1 and done.size == "64x64" and done.to_v1()["fidelity"]["met"]
+    up = submit(jobs, queue, Job(method="upscale", video="s3://media/h-downscaled.mp4"))
+    _run_one(queue, worker)
+    out, stored = tmp / "back.mp4", tmp / "stored.mp4"
+    store.get_file("media", "h-upscaled.mp4", out)
+    store.get_file("media", "h-downscaled.mp4", stored)
+    assert out.read_bytes() == stored.read_bytes()  # delivered as stored: no second lossy encode
+    assert jobs.get(up.id).codec == decision["codec"] and jobs.get(up.id).size == "64x64"
+    back, source = decode_all(out), decode_all(clip)
+    assert len(back) == len(source) == 8
+    assert np.mean([wanted.score(a, b) for a, b in zip(source, back, strict=True)]) >= wanted.value
+    assert packets(out, "audio") == packets(clip, "audio") and cues(out) == cues(clip) != []
 
 
 def test_target_options_are_checked() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -369,9 +370,13 @@ class VideoWorker:
                 )
 
                 def fn(rgb: np.ndarray) -> np.ndarray:
-                    if rgb.shape[:2] == (size[1], size[0]):  # stored at full size (a target chose it): as it is
+                    if rgb.shape[:2] == (size[1], size[0]):  # a video at the size asked for: as it is
                         return rgb
                     return np.asarray(self.provider.upscale(rgb, size=size, model=job.model, endpoint=job.endpoint))
+
+            # Stored by a downscale at the original's own size (a target chose full size): nothing to restore, and a
+            # second lossy encode would cost the fidelity the target was measured on; the stored video is delivered.
+            as_stored = job.method == "upscale" and ORIGINAL_WIDTH in source.metadata and size == (width, height)
 
             self.limits.check(info, size)
             last = [time.monotonic()]
@@ -406,7 +411,10 @@ class VideoWorker:
                 )
                 return report, checkpoints
 
-            report, checkpoints = run(encoding)
+            if as_stored:
+                report, checkpoints = _as_stored(src, dst, info), self._checkpoints(job)
+            else:
+                report, checkpoints = run(encoding)
             if "decision" in written:  # the whole clip, checked on the sample frames; a lower CRF while it misses
                 target = parse_target(str(job.target))
                 for _ in range(VERIFY_TRIES):
@@ -434,7 +442,26 @@ class VideoWorker:
                 "size": f"{size[0]}x{size[1]}",
                 "source_bytes": source.size,
                 "output_bytes": dst.stat().st_size,
-                **encoding.to_dict(),
+                **({"codec": info.codec, "crf": None, "qp": None, "preset": None} if as_stored else encoding.to_dict()),
             }
         checkpoints.clear()
         return f"s3://{bucket}/{out_key}", report.frames, report.resumed_frames, written
+
+
+def _as_stored(src: Path, dst: Path, info: VideoInfo) -> TranscodeReport:
+    """The output of an upscale whose source is already at the original's size: the stored file, byte for byte
+    (its video, audio and subtitle streams as the downscale wrote them)."""
+    shutil.copyfile(src, dst)
+    frames = info.frames or targeting.count_frames(src)
+    return TranscodeReport(
+        frames=frames,
+        processed_frames=0,
+        resumed_frames=0,
+        repeated_frames=0,
+        copied_packets=0,
+        dropped_streams=[],
+        segments=0,
+        seconds=0.0,
+        width=info.width,
+        height=info.height,
+    )
