@@ -371,6 +371,11 @@ def test_the_http_api_checks_sources_scopes_and_answers_json(tmp_path: Path) -> 
 
     ok = {"source": "s3://media/in/", "dest": "s3://media/out/", "target": TARGET}
     assert post({**ok, "dest": "s3://media/in/small/"}).status_code == 400  # overlapping the source
+    in_place = {**ok, "dest": ok["source"]}
+    refused = post(in_place)  # in place needs where the originals are kept
+    assert refused.status_code == 400 and "originals" in json.dumps(refused.json)
+    assert post({**in_place, "originals": "s3://media/in/kept/"}).status_code == 400  # listed as the source
+    assert post({**in_place, "originals": "s3://media/out/kept/"}).status_code == 403  # the key may not read there
     assert post({**ok, "source": str(tmp_path)}).status_code == 400  # a folder on the server: refused
     assert post({**ok, "target": "psnr:nope"}).status_code == 400
     assert post({**ok, "apply": "yes"}).status_code == 400
