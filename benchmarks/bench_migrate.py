@@ -4,7 +4,8 @@ the time goes (listing, reading, model, encode/search, verification), from the m
 Each run migrates the same folder of generated images (crops of scikit-image's photographs and flat graphics,
 JPEG and PNG, ``--side`` pixels on the longer side) into a fresh local store with a fresh SQLite queue and job
 table, through the real ``upscaler worker`` processes (``python -m video_upscaler``). Runs alternate 1, 2, 1, 2 ...
-(``--rounds``), so the two settings share the machine's load; the load average is printed with every run.
+(``--rounds``), so the two settings share the machine's load; the load average (1 minute, at the start and the
+end of the run) is printed beside every run, and the medians and their ratio after.
 
     .venv/bin/python benchmarks/bench_migrate.py --objects 24 --side 256 --rounds 2 --target psnr:35
 """
@@ -78,6 +79,7 @@ def run(folder: Path, workers: int, target: str, threads: int) -> dict:
     jobs = open_job_store(settings)
     spec = migrate.Spec.parse(str(folder), "s3://media/bench/", target)
     argv = [sys.executable, "-m", "video_upscaler", "--wait-seconds", "1"]
+    load0 = os.getloadavg()[0]
     procs = [subprocess.Popen(argv, env=env, cwd=work) for _ in range(workers)]
     record = migrate.submit(spec, service, jobs, open_job_queue(settings), settings, on_verified="keep")
     while (state := migrate.status(jobs, spec.id, settings))["status"] == "running":
@@ -100,7 +102,7 @@ def run(folder: Path, workers: int, target: str, threads: int) -> dict:
         "mp_per_s": round(rep["time"]["megapixels"] / wall, 4),
         "share": rep["time"]["share"],
         "saved_percent": rep["bytes"]["saved_percent"],
-        "load": os.getloadavg()[0],
+        "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -116,11 +118,17 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench-migrate-src-")) / "archive"
     make_archive(folder, args.objects, args.side)
     runs = []
+    print("| run | workers | objects/s | MP/s | wall s | verified | load average (start, end) |")
+    print("|---|---|---|---|---|---|---|")
     for _ in range(args.rounds):
         for workers in (1, 2):
             result = run(folder, workers, args.target, args.threads)
             runs.append(result)
-            print(json.dumps(result), flush=True)
+            print(
+                f"| {len(runs)} | {workers} | {result['objects_per_s']:.3f} | {result['mp_per_s']:.4f} | "
+                f"{result['wall_s']:.1f} | {result['objects']} | {result['load'][0]:.2f}, {result['load'][1]:.2f} |",
+                flush=True,
+            )
     print(f"\n{args.objects} objects of {args.side} px, target {args.target}, {os.cpu_count()} CPUs")
     print("| workers | runs | objects/s (median) | MP/s (median) | wall s | list | read | model | encode | verify |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -137,7 +145,7 @@ def main() -> int:
         )
     one = statistics.median(r["objects_per_s"] for r in runs if r["workers"] == 1)
     two = statistics.median(r["objects_per_s"] for r in runs if r["workers"] == 2)
-    print(f"2 workers / 1 worker: {two / one:.2f}x objects/s; load averages {[r['load'] for r in runs]}")
+    print(f"2 workers / 1 worker: {two / one:.2f}x objects/s (medians); load averages {[r['load'] for r in runs]}")
     if args.out:
         args.out.write_text(json.dumps(runs, indent=2))
     shutil.rmtree(folder.parent, ignore_errors=True)
