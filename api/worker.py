@@ -11,8 +11,9 @@ at a time) held every thread, and ``/health`` went unanswered for as long as the
   byte at a time holds no thread; a connection is closed after ``UPSCALER_IDLE_TIMEOUT`` seconds without a byte
   (kept-alive ones too);
 * the handshake must end within ``UPSCALER_HANDSHAKE_TIMEOUT`` seconds and the request's head within
-  ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all (not per read); a head in progress waits in the
-  poller under that deadline, not the idle one (a client pausing inside its head was cut at the idle time);
+  ``UPSCALER_HEADER_TIMEOUT`` seconds of its first byte, in all (not per read); a handshake or head in progress
+  waits in the poller under its own deadline, not the idle one (a client pausing inside its head was cut at the
+  idle time; a stalled handshake was held for the idle time, 120 s when so configured);
 * a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408); a body
   that keeps trickling holds its thread (bounded by ``UPSCALER_MAX_REQUEST_BYTES``, not by time);
 * gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's, and its
@@ -159,7 +160,7 @@ class ApiWorker(gthread.ThreadWorker):
     def _handshake(self, conn: Any) -> bool | None:
         """The TLS handshake without blocking, a step each time the client's bytes arrive: True once done (the
         connection then reads requests as gunicorn's would), None while the client owes a message, False when it
-        failed or ran past ``UPSCALER_HANDSHAKE_TIMEOUT`` (a silent one is closed after ``UPSCALER_IDLE_TIMEOUT``)."""
+        failed or ran past ``UPSCALER_HANDSHAKE_TIMEOUT`` (a stalled one is closed at that deadline, in the poller)."""
         if not isinstance(conn.sock, ssl.SSLSocket):
             conn.sock = gsock.ssl_wrap_socket(conn.sock, self.cfg)
             conn.handshake_since = time.monotonic()
@@ -220,8 +221,15 @@ class ApiWorker(gthread.ThreadWorker):
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         super().finish_request(conn, fs)
+        if not self.pending_conns or self.pending_conns[-1] is not conn:  # not deferred (gunicorn appends it)
+            return
+        # deferred in the middle of a phase: it waits under that phase's deadline, not the idle time (which may be
+        # shorter or, when configured so, much longer)
+        handshake = getattr(conn, "handshake_since", None)
         since = getattr(conn, "head_since", None)
-        if since is not None:  # deferred with part of a request's head in: its deadline is the header one, not idle
+        if not conn.initialized and handshake is not None:  # the client owes the next handshake message
+            conn.timeout = handshake + self.handshake_timeout
+        elif since is not None:  # part of a request's head is in
             conn.timeout = since + self.header_timeout
 
     def murder_pending(self) -> None:

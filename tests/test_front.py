@@ -137,6 +137,23 @@ def test_a_request_head_in_progress_waits_for_the_header_deadline_not_the_idle_o
     assert not answers[1].startswith(b"HTTP/1.1 200"), answers
 
 
+def test_a_stalled_handshake_is_cut_at_the_handshake_deadline_when_the_idle_time_is_longer(tmp_path: Path) -> None:
+    """A handshake in progress waits in the poller under UPSCALER_HANDSHAKE_TIMEOUT. It used to wait under the idle
+    time, hidden by the defaults (5 s idle, 10 s handshake) but 30 s with a 30 s idle time (found by
+    stress/adversarial.py run with a long idle time: 120 s)."""
+    env = {"UPSCALER_IDLE_TIMEOUT": "30", "UPSCALER_HANDSHAKE_TIMEOUT": "3", "UPSCALER_VIDEO_WORKERS": "0"}
+    with api_server(tmp_path, env) as url:
+        port = int(url.rsplit(":", 1)[1])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, then nothing
+        start = time.monotonic()
+        assert _closed_by_server(raw, within=15)
+        assert time.monotonic() - start < 3 + 2  # the deadline and the checks' granularity, far from 30 s
+        raw.close()
+        with _connect(port) as idle:  # a finished handshake with no request yet: the idle time applies
+            assert not _closed_by_server(idle, within=5)
+
+
 def test_stalled_handshakes_hold_no_thread_and_are_cut_off(front: tuple[str, int]) -> None:
     """More clients than threads start a TLS handshake and stall: /health is answered meanwhile (before the
     handshake deadline could free a thread), and each stalled one is closed."""
