@@ -277,14 +277,18 @@ def test_a_claim_that_ran_out_is_taken_over_and_the_late_worker_saves_nothing(tm
 
 
 class _CountingStore:
-    """A worker's object store, counting its puts per key."""
+    """A worker's object store, counting its puts and deletes per key."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.puts = inner, {}
+        self.inner, self.puts, self.deletes = inner, {}, {}
 
     def put(self, bucket: str, key: str, data: bytes, **kw: Any) -> Any:
         self.puts[key] = self.puts.get(key, 0) + 1
         return self.inner.put(bucket, key, data, **kw)
+
+    def delete(self, bucket: str, key: str) -> bool:
+        self.deletes[key] = self.deletes.get(key, 0) + 1
+        return self.inner.delete(bucket, key)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -324,6 +328,8 @@ def test_two_workers_handed_the_same_chunk_act_once_on_each_object(aws) -> None:
     written = [k for s in stores for k, n in s.puts.items() for _ in range(n) if k.startswith("two/")]
     assert sorted(written) == sorted("two/" + k for k in files)  # each stored form written once, by one worker
     assert all(any(k.startswith("two/") for k in s.puts) for s in stores)  # both worked
+    deleted = [k for s in stores for k, n in s.deletes.items() for _ in range(n)]
+    assert sorted(deleted) == sorted("two/" + k for k in files)  # each original deleted once, by one worker
     state = jobs.get(chunk).migration or {}
     assert state["claims"] == {}
     assert {r["action"] for r in state["results"].values()} == {"deleted"}
