@@ -1,6 +1,7 @@
 """Adversarial run on loopback: a real `upscaler serve`, attacked the way issue #15 found it could be taken down.
 
     .venv/bin/python stress/adversarial.py [--short] [--idle 500] [--slow 50] [--side 1400] [--settle 60]
+    .venv/bin/python stress/adversarial.py --only cancel,media    # some classes only
 
 Classes (each prints a row: class, cases, outcome, figures):
 
@@ -18,6 +19,15 @@ Classes (each prints a row: class, cases, outcome, figures):
              seconds after.
 * hung-s3    a second server whose S3 endpoint accepts and never answers: ``/ready`` and a retrieval, timed
              against their deadlines.
+* cancel     an 800x600 x4 upscale whose client gives up after ``--cancel-after`` seconds: the worker's CPU seconds
+             from the disconnect until it is idle, against the same request run to the end (``--short``: not run
+             to the end), and the next request's time.
+* source     a URL source that sends one byte every 0.2 s: answered 503 at the total source deadline, not per read.
+* media      a two-page TIFF (415, not cut to its first page), a PNG uploaded as a video (415), and an MP4 cut short
+             whose index still lists every frame (201, then its job ``Failed`` with the frame counts).
+* jobs       the same job posted twice with one ``Idempotency-Key`` (the same job back), then another job with that
+             key (409).
+* auth       ``serve --host 0.0.0.0`` with an empty key document (``{"keys": []}``, blank, ``[]``): refused.
 
 Everything runs on 127.0.0.1 and stops by itself; ``--short`` (used by the test suite) shrinks every count.
 Exit status 0 when every class behaved as designed.
@@ -26,12 +36,17 @@ Exit status 0 when every class behaved as designed.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import contextlib
+import http.server
 import io
+import os
+import signal
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,12 +62,27 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.servers import api_server, hung_s3_api, ready_once_loaded
+from tests.servers import UPSCALER, api_server, free_port, hung_s3_api, ready_once_loaded
+from tests.test_deadlines import TrickleHandler
+from tests.test_e2e_video import upload, wait_v1
+from tests.test_video_pipeline import make_clip, truncated_copy
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
-#: Shorter deadlines for the run, so cut-offs show within seconds (the defaults are 10, 10 and 30 s).
-FRONT_ENV = {"UPSCALER_HEADER_TIMEOUT": "5", "UPSCALER_HANDSHAKE_TIMEOUT": "10", "UPSCALER_BODY_TIMEOUT": "5"}
+#: Shorter deadlines for the run, so cut-offs show within seconds (the defaults are 10, 10 and 30 s); a longer idle
+#: time (default 5 s), so the idle class's connections are all still held while it times ``/health``.
+FRONT_ENV = {
+    "UPSCALER_HEADER_TIMEOUT": "5",
+    "UPSCALER_HANDSHAKE_TIMEOUT": "10",
+    "UPSCALER_BODY_TIMEOUT": "5",
+    "UPSCALER_IDLE_TIMEOUT": "120",
+}
+#: URL sources from this machine are allowed for the ``source`` class only (the service refuses them by default).
+SOURCE_ENV = {
+    "UPSCALER_ALLOWED_SOURCE_HOSTS": "127.0.0.1",
+    "UPSCALER_ALLOW_PRIVATE_SOURCES": "1",
+    "UPSCALER_SOURCE_TIMEOUT": "3",
+}
 
 
 @dataclass
@@ -95,6 +125,18 @@ def _worker_rss(port: int) -> float:
                 with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss / 2**20
     return round(total, 1)
+
+
+def _worker_cpu(port: int) -> float:
+    """CPU seconds (user + system) the gunicorn processes serving ``port`` have used so far."""
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"127.0.0.1:{port}" in " ".join(proc.info.get("cmdline") or []):
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 def _photo(side: int) -> bytes:
@@ -312,6 +354,147 @@ def hung_s3(workdir: Path, s3_timeout: float, ready_timeout: float) -> Row:
     )
 
 
+def _cpu_until_idle(port: int, limit: float, idle_rate: float = 0.1) -> tuple[float, float]:
+    """CPU seconds the server uses from now until a second in which it used less than ``idle_rate`` of a core (or
+    ``limit`` seconds have passed), and how long that took."""
+    start, first = time.monotonic(), _worker_cpu(port)
+    last = first
+    while time.monotonic() - start < limit:
+        time.sleep(1.0)
+        now = _worker_cpu(port)
+        if now - last < idle_rate:
+            break
+        last = now
+    return _worker_cpu(port) - first, time.monotonic() - start
+
+
+def cancel(url: str, port: int, leave_after: float, full_run: bool) -> Row:
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((800, 600)).save(buf, "PNG")
+    body = {"img": base64.b64encode(buf.getvalue()).decode(), "scale": 4}
+    figures: dict[str, object] = {}
+    full_cpu = None
+    if full_run:  # the reference: the same request, waited for
+        before = _worker_cpu(port)
+        status, took = _timed(lambda: requests.post(url + "/v1/upscale", json=body, verify=False, timeout=600))
+        full_cpu = _worker_cpu(port) - before
+        figures.update({"full_run_status": status, "full_run_s": round(took, 2), "full_run_cpu_s": round(full_cpu, 2)})
+    left, _ = _timed(lambda: requests.post(url + "/v1/upscale", json=body, verify=False, timeout=leave_after))
+    cpu_after, settled = _cpu_until_idle(port, limit=30.0)
+    status, next_s = _timed(lambda: requests.get(url + "/v1/images/small.jpg", verify=False, timeout=60))
+    figures.update(
+        {
+            "left_after_s": leave_after,
+            "cpu_after_disconnect_s": round(cpu_after, 2),
+            "idle_after_s": round(settled, 1),
+            "next_request_s": round(next_s, 3),
+        }
+    )
+    # cut off by our own timeout (status 0), the run then stops at a tile: far less than a whole run's CPU, and
+    # at most what two cores do in the longest tile (a few seconds) when no reference was run
+    bound = 0.5 * full_cpu if full_cpu else 8.0
+    ok = left == 0 and status == 200 and cpu_after < bound
+    return Row("cancel", 1, ok, figures)
+
+
+def source(url: str) -> Row:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buf, "PNG")
+    handler = type("Trickle", (TrickleHandler,), {"body": buf.getvalue()})  # ~70 bytes: ~14 s to send in all
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    deadline = float(SOURCE_ENV["UPSCALER_SOURCE_TIMEOUT"])
+    try:
+        src = f"http://127.0.0.1:{server.server_address[1]}/slow.png"
+        start = time.monotonic()
+        resp = requests.post(url + "/v1/upscale", json={"url": src, "scale": 2}, verify=False, timeout=60)
+        took = time.monotonic() - start
+    finally:
+        server.shutdown()
+        server.server_close()
+    ok = resp.status_code == 503 and "json" in resp.headers.get("Content-Type", "") and took < deadline + 2
+    return Row("source", 1, ok, {"status": resp.status_code, f"answered_s (deadline {deadline:g})": round(took, 2)})
+
+
+def media(url: str, work: Path) -> Row:
+    pages = [Image.new("RGB", (16, 12), colour) for colour in ((200, 0, 0), (0, 0, 200))]
+    tiff = io.BytesIO()
+    pages[0].save(tiff, "TIFF", save_all=True, append_images=pages[1:])
+    multi = requests.put(url + "/v1/images/adv/pages.tiff", data=tiff.getvalue(), verify=False, timeout=60)
+    still = work / "still.png"
+    Image.new("RGB", (64, 48)).save(still, "PNG")
+    as_video = upload(url, "adv/still.mp4", still)
+    clip, cut = work / "clip.mp4", work / "cut.mp4"
+    make_clip(clip, frames=40)
+    truncated_copy(clip, cut)  # the index still lists 40 frames; the data of the last ones is gone
+    accepted = upload(url, "adv/cut.mp4", cut)
+    job = requests.post(url + "/v1/jobs", json={"method": "downscale", "key": "adv/cut.mp4"}, verify=False).json()
+    done = wait_v1(url, job["id"], timeout=120)
+    ok = (
+        multi.status_code == 415
+        and as_video.status_code == 415
+        and accepted.status_code == 201
+        and done["status"] == "Failed"
+        and "frames its container lists" in (done.get("error") or "")
+    )
+    return Row(
+        "media",
+        3,
+        ok,
+        {
+            "two_page_tiff": multi.status_code,
+            "png_as_video": as_video.status_code,
+            "truncated_mp4": f"{accepted.status_code}, job {done['status']}: {(done.get('error') or '')[:70]}",
+        },
+    )
+
+
+def jobs(url: str, work: Path) -> Row:
+    clip = work / "jobs.mp4"
+    make_clip(clip, frames=12)
+    assert upload(url, "adv/jobs.mp4", clip).status_code == 201
+
+    def post(output: str) -> requests.Response:
+        body = {"method": "downscale", "key": "adv/jobs.mp4", "output_key": output}
+        return requests.post(url + "/v1/jobs", json=body, headers={"Idempotency-Key": "adv-1"}, verify=False)
+
+    first, again, clash = post("adv/out.mp4"), post("adv/out.mp4"), post("adv/other.mp4")
+    ok = (
+        first.status_code == again.status_code == 202
+        and first.json()["id"] == again.json()["id"]
+        and clash.status_code == 409
+    )
+    return Row("jobs", 3, ok, {"first": first.status_code, "same_key_same_job": again.status_code, "clash": 409})
+
+
+def auth(work: Path) -> Row:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("UPSCALER_")}
+    outcomes = []
+    for document in ('{"keys": []}', " ", "[]"):
+        argv = [str(UPSCALER), "serve", "--host", "0.0.0.0", "--port", str(free_port())]
+        env = {**clean, "UPSCALER_VIDEO_WORKERS": "0", "UPSCALER_API_KEYS": document}
+        proc = subprocess.Popen(
+            argv,
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, err = proc.communicate(timeout=30)
+            refused = proc.returncode == 2 and "without API keys" in err
+        except subprocess.TimeoutExpired:  # it served
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            refused = False
+        outcomes.append("refused" if refused else "SERVED")
+    return Row("auth", 3, all(o == "refused" for o in outcomes), {"empty_key_documents": "/".join(outcomes)})
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
 
@@ -327,7 +510,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     slots = 4
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = {**FRONT_ENV, "UPSCALER_VIDEO_WORKERS": "0", "UPSCALER_MAX_INFLIGHT": str(slots)}
+        env = {**FRONT_ENV, **SOURCE_ENV, "UPSCALER_VIDEO_WORKERS": "1", "UPSCALER_MAX_INFLIGHT": str(slots)}
         (work / "main").mkdir()
         with api_server(work / "main", env) as url:
             port = int(url.rsplit(":", 1)[1])
@@ -342,6 +525,11 @@ def run(args: argparse.Namespace) -> list[Row]:
             attempt("framing", len(FRAMING), lambda: framing(port))
             attempt("inputs", 5, lambda: inputs(url, small))
             attempt("burst", 4 * slots, lambda: burst(url, port, args.side, slots, args.settle))
+            attempt("cancel", 1, lambda: cancel(url, port, args.cancel_after, full_run=not args.short))
+            attempt("source", 1, lambda: source(url))
+            attempt("media", 3, lambda: media(url, work))
+            attempt("jobs", 3, lambda: jobs(url, work))
+        attempt("auth", 3, lambda: auth(work))
         (work / "hung").mkdir()
         attempt("hung-s3", 2, lambda: hung_s3(work / "hung", args.s3_timeout, 1.0))
     return rows
@@ -354,8 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=50, help="slow-header and stalled-handshake clients")
     parser.add_argument("--side", type=int, default=1400, help="side of the burst's image (1400: ~2 MP)")
     parser.add_argument("--settle", type=float, default=60.0, help="seconds after the burst before RSS is read")
+    parser.add_argument(
+        "--cancel-after", type=float, default=1.5, help="seconds before the cancel class's client leaves"
+    )
     parser.add_argument("--s3-timeout", type=float, default=6.0, help="UPSCALER_S3_TIMEOUT of the hung-S3 server")
-    parser.add_argument("--only", type=lambda v: set(v.split(",")), default=set(), help="classes to run: idle,burst")
+    parser.add_argument(
+        "--only", type=lambda v: set(v.split(",")), default=set(), help="classes to run, e.g. idle,burst,cancel"
+    )
     args = parser.parse_args(argv)
     if args.short:
         args.idle, args.slow, args.side, args.settle, args.s3_timeout = 24, 12, 256, 1.0, 3.0

@@ -14,5 +14,6 @@ def test_adversarial_short_run(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["--short"])
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("idle", "slow-head", "handshake", "slow-body", "framing", "inputs", "burst", "hung-s3"):
+    classes = ("idle", "slow-head", "handshake", "slow-body", "framing", "inputs", "burst", "cancel", "source")
+    for name in (*classes, "media", "jobs", "auth", "hung-s3"):
         assert f"\n{name} " in out, out
