@@ -9,6 +9,7 @@ import pytest
 
 from upscaler.config import Settings
 from upscaler.engine import Engine
+from upscaler.media.video import VideoEncoding
 from upscaler.quality import Target
 from video_upscaler import targeting
 
@@ -89,3 +90,27 @@ def test_a_still_scene_is_restored_once_per_candidate(engine) -> None:
     )
     assert len(decision.tried) == 1 and decision.restorations == len(seen) > 0
     assert len(seen) == len(set(seen))  # a decoded frame is never restored twice (six identical ones: once)
+
+
+def test_a_downscaled_choice_meets_the_target_as_an_upscale_delivers_it(engine) -> None:
+    """The restored frames are scored after the upscale's own output encode (``deliver``): a form chosen without it
+    barely meets the target before that encode and misses it after; the one chosen with it meets it after."""
+    reference = smooth_pan(8, (128, 128))
+    runs, target = [[0, 1, 2, 3], [20, 21, 22, 23]], Target("psnr", 36.0)
+    deliver = VideoEncoding.choose("h264", crf=30, preset="veryfast")  # a lossy output codec makes it plain
+    restore = lambda rgb, size: np.asarray(engine.upscale(rgb, size=size, model="bicubic"))  # noqa: E731
+    down = lambda rgb, size: np.asarray(engine.downscale(rgb, size=size))  # noqa: E731
+
+    def coded(frames: list[np.ndarray], encoding: VideoEncoding) -> list[np.ndarray]:  # each segment on its own
+        return [f for k in (0, 4) for f in targeting.encode_decode(frames[k : k + 4], encoding, Fraction(24))[1]]
+
+    def retrieved(c: targeting.Candidate) -> float:  # store, restore and deliver the samples, independently
+        stored = coded([down(f, c.size) for f in reference], VideoEncoding.choose(c.codec, crf=c.crf))
+        return targeting.score(target, reference, coded([restore(f, (128, 128)) for f in stored], deliver))
+
+    kwargs = {"rate": Fraction(24), "codecs": ("h264",), "scales": (2,)}
+    blind = targeting.choose(reference, runs, target, restore, down, **kwargs).chosen
+    aware = targeting.choose(reference, runs, target, restore, down, deliver=deliver, **kwargs).chosen
+    assert target.met(blind.fidelity) and not target.met(retrieved(blind))
+    assert aware.crf < blind.crf and target.met(aware.fidelity)
+    assert target.met(retrieved(aware))

@@ -1,16 +1,17 @@
 """Quality-targeted video: choose the stored form (scale x codec x CRF) that restores to a fidelity target.
 
 The counterpart of the image feature (``upscaler.quality``). A job with a ``target`` (PSNR-Y or SSIM-Y of the
-restored video against its source) is not sized by ``min_size``/``max_size``: sample segments of the source
-(``segments`` runs of ``length`` consecutive frames, spread over the clip) are encoded at each candidate scale
-(1 = full size, 2, 4) in each codec, decoded and restored through the job's own restoration path (the provider
-and model an upscale job would use), and scored against the source frames. For each scale and codec the highest
-CRF that still meets the target is found by bisection (fidelity falls as the CRF rises); the candidate with the
-fewest bytes wins. Full size with a modern codec is a candidate, as for images. Then the whole clip is encoded
-with the choice and checked again on the same frames of the real stored video; while it misses, the CRF steps
-down. The decision and the measured fidelity go into the job record.
+restored video against its source, as an upscale delivers it) is not sized by ``min_size``/``max_size``: sample
+segments of the source (``segments`` runs of ``length`` consecutive frames, spread over the clip) are encoded at
+each candidate scale (1 = full size, 2, 4) in each codec, decoded, restored through the job's own restoration
+path (the provider and model an upscale job would use) and encoded as an upscale's output is (``deliver``), then
+scored against the source frames; a video stored at full size is delivered as stored (no second encode). For each
+scale and codec the highest CRF that still meets the target is found by bisection (fidelity falls as the CRF
+rises); the candidate with the fewest bytes wins. Full size with a modern codec is a candidate, as for images.
+Then the whole clip is encoded with the choice and checked again on the same frames of the real stored video;
+while it misses, the CRF steps down. The decision and the measured fidelity go into the job record.
 
-Restoring the samples is nearly all of a decision's time (the model; 86 % of it at 640x360, cProfile), so the
+Restoring the samples is nearly all of a decision's time (the model: 86 % of it at 640x360, timed), so the
 search restores only what can still win. Full size needs no model and is searched first, for every codec (the
 honest baseline, each codec tuned to the target). A downscaled candidate then only matters where its bytes are
 below the fewest bytes that already meet the target: its CRFs are first narrowed by encoding alone (bytes fall
@@ -187,6 +188,21 @@ def encode_decode(frames: list[np.ndarray], encoding: VideoEncoding, rate: Fract
     return len(data), decoded
 
 
+def delivered(
+    restored: list[np.ndarray], runs: list[list[int]], deliver: VideoEncoding | None, rate: Fraction
+) -> list[np.ndarray]:
+    """``restored`` (the sample frames, in the order of ``runs``) as an upscale delivers them: each segment encoded
+    as ``deliver`` says and decoded (None: as they are)."""
+    if deliver is None:
+        return restored
+    out: list[np.ndarray] = []
+    start = 0
+    for run in runs:
+        out += encode_decode(restored[start : start + len(run)], deliver, rate)[1]
+        start += len(run)
+    return out
+
+
 def stored_size(width: int, height: int, scale: int) -> tuple[int, int]:
     """The even frame size a clip is stored at for ``scale``."""
     return encodable_size((round(width / scale), round(height / scale)))
@@ -211,10 +227,12 @@ class _Series:
         target: Target,
         restore: Restore,
         rate: Fraction,
+        deliver: VideoEncoding | None = None,
     ) -> None:
         self.scale, self.codec, self.size, self.small, self.reference = scale, codec, size, small, reference
+        self.runs = runs
         self.offsets = np.cumsum([0] + [len(r) for r in runs])
-        self.target, self.restore, self.rate = target, restore, rate
+        self.target, self.restore, self.rate, self.deliver = target, restore, rate, deliver
         self.encoded: dict[int, tuple[int, list[np.ndarray]]] = {}
         self.restored = 0  # frames run through ``restore``
 
@@ -244,6 +262,7 @@ class _Series:
                     seen[key] = self.restore(f, (width, height))
                     self.restored += 1
                 restored.append(seen[key])
+            restored = delivered(restored, self.runs, self.deliver, self.rate)
         return Candidate(self.scale, self.codec, crf, self.size, total, score(self.target, self.reference, restored))
 
 
@@ -258,10 +277,12 @@ def choose(
     codecs: tuple[str, ...] | None = None,
     scales: tuple[int, ...] = SCALES,
     prune: bool = True,
+    deliver: VideoEncoding | None = None,
 ) -> Decision:
     """The candidate with the fewest sample bytes that meets ``target``. ``reference``: the sample frames, in the
     order of ``runs`` (their frame numbers); ``restore(rgb, size)`` brings a stored frame back to the source size,
-    ``downscale(rgb, size)`` makes the stored frame. ``prune=False`` finds the best CRF of every scale x codec
+    ``downscale(rgb, size)`` makes the stored frame; ``deliver``: the encoding an upscale writes restored frames
+    in (None: scored as restored). ``prune=False`` finds the best CRF of every scale x codec
     (what the module's docstring says the pruned search skips, for comparison)."""
     height, width = reference[0].shape[:2]
     codecs = codecs or tuple(name for name, c in CODECS.items() if encoder_available(c.encoder))
@@ -277,7 +298,7 @@ def choose(
         small = [downscale(f, size) if scale > 1 else f for f in reference]
         fewest = {c.codec: c.bytes for c in tried if c.scale == 1}
         for codec in sorted(codecs, key=lambda c: fewest.get(c, math.inf)):  # the likely winner first: a tighter bound
-            series = _Series(scale, codec, size, small, reference, runs, target, restore, rate)
+            series = _Series(scale, codec, size, small, reference, runs, target, restore, rate, deliver)
             encode, measure = series.encode, series.measure
             lo, hi = CRF_RANGE[codec]
             try:

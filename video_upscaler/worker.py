@@ -290,24 +290,30 @@ class VideoWorker:
         reference = targeting.read_frames(src, indices)
         indices = indices[: len(reference)]  # a container that counts more frames than it has
         runs = targeting.runs_of(indices)
-        rate = Fraction(info.rate).limit_denominator(1001) if info.rate else Fraction(25)
+        rate = _rate(info)
 
         def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             return np.asarray(self.engine.downscale(rgb, size=size))
 
-        decision = targeting.choose(reference, runs, target, self._restorer(job), downscale, rate=rate)
+        deliver = job_encoding(self.settings, "upscale")  # what an upscale writes the restored frames in
+        decision = targeting.choose(reference, runs, target, self._restorer(job), downscale, rate=rate, deliver=deliver)
         log.info("target decided", extra={"job": job.id, **decision.to_dict()})
         return decision, (indices, reference)
 
     def _verify(
-        self, job: Job, target: Target, samples: tuple[list[int], list], stored: Path, size: tuple[int, int]
+        self, job: Job, target: Target, samples: tuple[list[int], list], stored: Path, info: VideoInfo
     ) -> float:
-        """The target's metric on the sample frames of the whole stored clip, restored as an upscale would."""
+        """The target's metric on the sample frames of the whole stored clip as an upscale delivers them: as stored
+        when it is at the original's size, else restored and encoded in the output codec."""
         indices, reference = samples
-        restore = self._restorer(job)
         frames = targeting.read_frames(stored, indices)
-        restored = [f if f.shape[:2] == (size[1], size[0]) else restore(f, size) for f in frames]
-        return targeting.score(target, reference, restored)
+        if frames[0].shape[:2] == (info.height, info.width):
+            return targeting.score(target, reference, frames)
+        restore = self._restorer(job)
+        restored = [restore(f, (info.width, info.height)) for f in frames]
+        deliver = job_encoding(self.settings, "upscale")
+        delivered = targeting.delivered(restored, targeting.runs_of(indices), deliver, _rate(info))
+        return targeting.score(target, reference, delivered)
 
     def _migrate(self, job: Job, stop: threading.Event | None) -> tuple[str, int, int, dict[str, object]]:
         """A chunk of an archive migration (upscaler.migrate), on the same queue and workers as video."""
@@ -418,7 +424,7 @@ class VideoWorker:
             if "decision" in written:  # the whole clip, checked on the sample frames; a lower CRF while it misses
                 target = parse_target(str(job.target))
                 for _ in range(VERIFY_TRIES):
-                    fidelity = self._verify(job, target, samples, dst, (width, height))
+                    fidelity = self._verify(job, target, samples, dst, info)
                     if target.met(fidelity) or encoding.crf is None or encoding.crf <= CRF_STEP:
                         break
                     log.info("target missed on the whole clip", extra={"job": job.id, "fidelity": fidelity})
@@ -446,6 +452,11 @@ class VideoWorker:
             }
         checkpoints.clear()
         return f"s3://{bucket}/{out_key}", report.frames, report.resumed_frames, written
+
+
+def _rate(info: VideoInfo) -> Fraction:
+    """The source's frame rate as the encoders take it."""
+    return Fraction(info.rate).limit_denominator(1001) if info.rate else Fraction(25)
 
 
 def _as_stored(src: Path, dst: Path, info: VideoInfo) -> TranscodeReport:
