@@ -13,12 +13,11 @@ the source and the originals location.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app, jsonify
 
-from api import params
+from api import schemas
 from api.auth import authorize
+from api.params import operation
 from upscaler import migrate
 from upscaler.errors import InvalidInput
 from upscaler.service import S3CommonUpscaler
@@ -58,32 +57,27 @@ def _check(spec: migrate.Spec, on_verified: str, keys: list[str] | None = None) 
 
 
 @bp.post("/migrations")
-def create_migration() -> Response:
-    body = params.json_body()
+@operation(
+    summary="Plan (the dry run, the default) or start the migration of an archive under an S3 prefix or manifest",
+    body=schemas.MigrationSubmit,
+    status=202,
+    answer="started (or resumed): the migration, its chunks on the job queue",
+    returns=schemas.MigrationState,
+    also=((200, "the dry run's plan (apply false)", schemas.MigrationPlan),),
+    errors=(409,),
+)
+def create_migration(body: schemas.MigrationSubmit) -> Response:
     settings = current_app.extensions["upscaler.settings"]
-    spec = migrate.Spec.parse(
-        params.text(body, "source", required=True) or "",
-        params.text(body, "dest", required=True) or "",
-        params.text(body, "target", required=True, max_len=32) or "",
-        originals=params.text(body, "originals") or "",
-        folders=False,
-    )
-    on_verified = params.text(body, "on_verified", max_len=8) or "tag"
-    if on_verified not in migrate.ON_VERIFIED:
-        raise InvalidInput(f"on_verified must be one of {', '.join(migrate.ON_VERIFIED)}, got {on_verified!r}")
-    apply = body.get("apply", False)
-    if not isinstance(apply, bool):
-        raise InvalidInput("'apply' must be true or false")
+    spec = migrate.Spec.parse(body.source, body.dest, body.target, originals=body.originals or "", folders=False)
     service = _service()
-    if not apply:
+    if not body.apply:
         _check(spec, "keep")
-        sample = params.number(body, "sample", lo=0, hi=settings.migrate_plan_sample, integer=True)
-        return jsonify(migrate.plan(spec, service, sample=int(sample or 0)).to_dict(settings))
-    _check(spec, on_verified)
+        return jsonify(migrate.plan(spec, service, sample=body.sample or 0).to_dict(settings))
+    _check(spec, body.on_verified)
     keys = list(migrate.open_originals(spec, service).keys())
-    _check(spec, on_verified, keys)
+    _check(spec, body.on_verified, keys)
     videos = _jobs()
-    migrate.submit(spec, service, videos.jobs, videos.queue, settings, on_verified=on_verified, keys=keys)
+    migrate.submit(spec, service, videos.jobs, videos.queue, settings, on_verified=body.on_verified, keys=keys)
     resp = jsonify(migrate.status(videos.jobs, spec.id, settings))
     resp.status_code = 202
     resp.headers["Location"] = f"/v1/migrations/{spec.id}"
@@ -91,9 +85,12 @@ def create_migration() -> Response:
 
 
 @bp.get("/migrations/<migration_id>")
+@operation(summary="A migration's progress and report", answer="the migration", returns=schemas.MigrationState)
 def get_migration(migration_id: str) -> Response:
     settings = current_app.extensions["upscaler.settings"]
-    state = migrate.status(_jobs().jobs, params.text({"id": migration_id}, "id", max_len=40) or "", settings)
+    if len(migration_id) > 40:
+        raise InvalidInput(f"a migration id has at most 40 characters, got {len(migration_id)}")
+    state = migrate.status(_jobs().jobs, migration_id, settings)
     spec = migrate.Spec(state["source"], state["dest"], state["target"])
     where = migrate.source_bucket(spec)
     if where is not None:  # whoever may read the originals (as creating it needed) may follow it
@@ -102,62 +99,3 @@ def get_migration(migration_id: str) -> Response:
         dest_bucket, dest_prefix = migrate.split_s3(spec.dest)
         authorize("read", dest_bucket, dest_prefix or None)
     return jsonify(state)
-
-
-_MIGRATION_ID = {"name": "migration_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 40}}
-_SUBMIT = {
-    "type": "object",
-    "required": ["source", "dest", "target"],
-    "properties": {
-        "source": {"type": "string", "description": "s3://bucket/prefix, or an s3:// S3 Inventory / CSV manifest"},
-        "dest": {
-            "type": "string",
-            "description": "s3://bucket/prefix for the stored forms (not overlapping), or the source itself (in place)",
-        },
-        "originals": {
-            "type": "string",
-            "description": "in place: s3://bucket/prefix where each original is kept (copied, checked) first",
-        },
-        "target": {"type": "string", "description": "psnr:<dB>, ssim:<0..1> (:fast), exact, bpp:<n>, bytes:<n>"},
-        "apply": {"type": "boolean", "default": False, "description": "false: the dry run; true: convert"},
-        "on_verified": {"type": "string", "enum": list(migrate.ON_VERIFIED), "default": "tag"},
-        "sample": {"type": "integer", "minimum": 0, "description": "dry run: objects decided (nothing stored)"},
-    },
-}
-_STATUS = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "status": {"type": "string", "enum": ["running", "completed", "failed"]},
-        "progress": {"type": ["number", "null"]},
-        "objects": {"type": "integer"},
-        "objects_done": {"type": "integer"},
-        "report": {"type": "object", "description": "bytes, fidelity, forms, failures, time, monthly cost"},
-    },
-    "required": ["id", "status", "report"],
-}
-
-
-def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI description of these routes (``api/openapi.py`` merges it)."""
-    json_of = lambda schema: {"application/json": {"schema": schema}}  # noqa: E731
-    return {
-        "/v1/migrations": {
-            "post": {
-                "summary": "Plan (dry run) or start the migration of an archive under an S3 prefix or manifest",
-                "requestBody": {"required": True, "content": json_of(_SUBMIT)},
-                "responses": {
-                    "200": {"description": "the dry run's plan", "content": json_of({"type": "object"})},
-                    "202": {"description": "started (or resumed)", "content": json_of(_STATUS)},
-                    **errors,
-                },
-            }
-        },
-        "/v1/migrations/{migration_id}": {
-            "parameters": [_MIGRATION_ID],
-            "get": {
-                "summary": "A migration's progress and report",
-                "responses": {"200": {"description": "the migration", "content": json_of(_STATUS)}, **errors},
-            },
-        },
-    }

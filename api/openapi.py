@@ -1,12 +1,10 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``, generated from the routes themselves:
 each view's ``@operation`` (api/params.py) names the pydantic models of api/schemas.py that validate its query and
-body and type its answer, so what is published is what is checked. A module whose routes are described by hand
-instead may offer ``openapi_paths(errors)``; its paths are merged."""
+body and type its answer, so what is published is what is checked."""
 
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 from flask import Flask
@@ -36,6 +34,7 @@ COMMON_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 503)
 PATH_PARAMETERS = {
     "key": ("key", {"type": "string", "maxLength": 1024, **KEY_DOC}),
     "job_id": ("id", {"type": "string", "minLength": 1, "maxLength": 128}),
+    "migration_id": ("id", {"type": "string", "minLength": 1, "maxLength": 40}),
 }
 _RULE_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
 _REF = "#/components/schemas/{model}"
@@ -84,6 +83,9 @@ class _Document:
         elif op.returns is not None:
             answer["content"] = {"application/json": {"schema": self.schema(op.returns)}}
         out["responses"] = {str(op.status): answer}
+        for status, description, returns in op.also:
+            content = {"application/json": {"schema": self.schema(returns)}}
+            out["responses"][str(status)] = {"description": description, "content": content}
         if op.public:  # no credentials asked, so only its own refusals
             out["security"] = []
             out["responses"].update(self.errors(legacy, op.errors))
@@ -109,16 +111,11 @@ def _query_parameters(model: type[Fields]) -> list[dict[str, Any]]:
 def spec(app: Flask) -> dict[str, Any]:
     """The document for every route ``app`` serves."""
     doc = _Document()
-    by_hand: dict[str, Any] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         view = app.view_functions[rule.endpoint]
         op: Operation | None = getattr(view, "operation", None)
         if op is None:
-            describe = getattr(sys.modules.get(view.__module__), "openapi_paths", None)
-            if describe is None:
-                continue  # Flask's static route; the test of this document finds any other undeclared view
-            by_hand.update(describe(doc.errors(False, (400, 403, 404, 503))))
-            continue
+            continue  # Flask's static route; the test of this document finds any other undeclared view
         names = _RULE_PARAMETER.findall(rule.rule)
         path = _RULE_PARAMETER.sub(lambda m: "{" + PATH_PARAMETERS[m.group(1)][0] + "}", rule.rule)
         item = doc.paths.setdefault(path, {})
@@ -132,8 +129,6 @@ def spec(app: Flask) -> dict[str, Any]:
             item[method.lower()] = doc.operation(op, legacy)
         if op.head and "HEAD" in (rule.methods or ()):
             item["head"] = {"summary": op.head, "responses": {"200": {"description": "exists"}}}
-    for path, item in by_hand.items():
-        doc.paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {

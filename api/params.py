@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import current_app, request
-from pydantic import create_model
 
-from api.schemas import Fields, Number, Text, Whole, parse
+from api.schemas import Fields, parse
 from upscaler.errors import InvalidInput, UnsupportedMedia
 
 #: Deepest nesting of a JSON body (objects and arrays); no request of this API needs more than three.
@@ -37,6 +36,8 @@ class Operation:
     status: int = 200
     answer: str = "done"
     returns: Any = None
+    #: Other success answers: (status, description, JSON type).
+    also: tuple[tuple[int, str, Any], ...] = ()
     #: Error statuses particular to this operation (the common ones are added to every operation).
     errors: tuple[int, ...] = ()
     description: str = ""
@@ -53,7 +54,8 @@ def operation(**declared: Any) -> Callable[[View], View]:
     def wrap(view: View) -> View:
         @functools.wraps(view)
         def run(*args: Any, **kwargs: Any) -> Any:
-            context = {"max_workers": current_app.extensions["upscaler.settings"].video_max_workers}
+            settings = current_app.extensions["upscaler.settings"]
+            context = {"max_workers": settings.video_max_workers, "sample": settings.migrate_plan_sample}
             if op.body is not None:
                 kwargs["body"] = parse(op.body, json_body(), **context)
             if op.query is not None:
@@ -95,24 +97,3 @@ def _depth(value: Any) -> int:
             if level <= MAX_JSON_DEPTH:
                 stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
-
-
-def text(source: dict[str, Any], field: str, *, required: bool = False, max_len: int = 1024) -> str | None:
-    """One text field of ``source``, checked as a declared schema's would be (for a route not declared yet)."""
-    return getattr(parse(_one(field, "text", float(max_len), 0.0, required), source), field)
-
-
-def number(source: dict[str, Any], field: str, *, lo: float, hi: float, integer: bool = False) -> float | None:
-    """One number of ``source`` in ``lo..hi``, checked as a declared schema's would be (a route not declared yet)."""
-    return getattr(parse(_one(field, "whole" if integer else "number", float(lo), float(hi), False), source), field)
-
-
-@functools.cache
-def _one(field: str, kind: str, a: float, b: float, required: bool) -> type[Fields]:
-    """A model of the one field ``field``: ``text`` of at most ``a`` characters, or a ``whole`` / ``number`` in
-    ``a..b``."""
-    shape = {"text": lambda: Text(int(a)), "whole": lambda: Whole(int(a), int(b)), "number": lambda: Number(a, b)}
-    kind_type = shape[kind]()
-    return create_model(
-        f"One_{field}", __base__=Fields, **{field: (kind_type, ...) if required else (kind_type | None, None)}
-    )

@@ -12,7 +12,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -34,6 +35,7 @@ from upscaler.jobs.model import SIZINGS
 from upscaler.media.formats import FORMATS
 from upscaler.media.stored import STORED_CODECS
 from upscaler.media.video import CODECS
+from upscaler.migrate import ON_VERIFIED
 
 #: Object keys as documented: a safe subset (the service also takes spaces and other Unicode in NFC; it refuses
 #: empty, "." and ".." segments, control characters, backslashes and the reserved ".upscaler-" marker).
@@ -254,18 +256,25 @@ class Encoding(Fields):
         return self.options("codec", "crf", "qp", "preset", "target")
 
 
+def _at_most_setting(name: str, lo: int, setting: str) -> Any:
+    """A validator bounding the whole-number field ``name`` by a setting, given as the validation context under the
+    field's name (``parse(..., max_workers=settings.video_max_workers)``)."""
+
+    def check(cls: Any, value: int | None, info: ValidationInfo) -> int | None:
+        most = (info.context or {}).get(name)
+        if value is not None and most is not None and value > most:
+            raise _refuse(f"must be between {lo} and {most} ({setting})")
+        return value
+
+    return field_validator(name)(classmethod(check))
+
+
 class Workers(Fields):
     """``max_workers``: at most the service's ``UPSCALER_VIDEO_MAX_WORKERS`` (given as the validation context)."""
 
     max_workers: Whole(1, description="parallel model calls; at most UPSCALER_VIDEO_MAX_WORKERS") | None = None
 
-    @field_validator("max_workers")
-    @classmethod
-    def _at_most_configured(cls, value: int | None, info: ValidationInfo) -> int | None:
-        most = (info.context or {}).get("max_workers")
-        if value is not None and most is not None and value > most:
-            raise _refuse(f"must be between 1 and {most}")
-        return value
+    _at_most_configured = _at_most_setting("max_workers", 1, "UPSCALER_VIDEO_MAX_WORKERS")
 
 
 _SIZE = Whole(1, 16384)
@@ -310,6 +319,29 @@ class JobSubmit(Encoding, Workers):
     model: Model | None = None
     endpoint: Endpoint | None = None
     output_key: OutputKey | None = None
+
+
+# ---- migrations ---------------------------------------------------------------------------------------------------
+class MigrationSubmit(Fields):
+    """``POST /v1/migrations``: the dry run (the default) or, with ``apply``, the conversion of an archive.
+    ``sample`` is at most ``UPSCALER_MIGRATE_PLAN_SAMPLE`` (given as the validation context)."""
+
+    source: Text(2048, description="s3://bucket/prefix, or an s3:// S3 Inventory / CSV manifest (.csv)")
+    dest: Text(
+        2048, description="s3://bucket/prefix for the stored forms (not overlapping), or the source itself (in place)"
+    )
+    originals: (
+        Text(2048, description="in place: s3://bucket/prefix where each original is kept (copied, checked) first")
+        | None
+    ) = None
+    target: ImageTarget
+    apply: StrictBool = Field(False, description="false: the dry run (nothing written); true: convert")
+    on_verified: Literal[ON_VERIFIED] = Field(  # type: ignore[valid-type]
+        "tag", description="what happens to a verified original: tagged (default), deleted, or kept as it is"
+    )
+    sample: Whole(0, description="dry run: objects decided by a real search (nothing stored)") | None = None
+
+    _at_most_configured = _at_most_setting("sample", 0, "UPSCALER_MIGRATE_PLAN_SAMPLE")
 
 
 class Published(GenerateJsonSchema):
@@ -446,6 +478,30 @@ class VideoStored(Answer):
 
     bucket: str
     key: str
+
+
+class MigrationState(Answer):
+    """A migration: its progress and its report so far."""
+
+    id: str
+    status: Literal["running", "completed", "failed"]
+    source: str
+    dest: str
+    target: str
+    on_verified: str | None = None
+    round: int = Field(description="runs of the migration so far (a re-run redoes only what is not verified)")
+    objects: int
+    objects_done: int
+    progress: float | None = Field(description="0..1")
+    chunks: dict[str, int] = Field(description="chunks on the job queue, by status")
+    report: dict[str, Any] = Field(
+        description="objects and bytes before/after, saved %, fidelity, forms chosen, failures by reason, time per "
+        "megapixel, monthly cost by storage class"
+    )
+
+
+class MigrationPlan(Answer):
+    """The dry run: what the migration would save, from a sample decided by the real search (nothing written)."""
 
 
 class ApiError(Answer):

@@ -379,6 +379,10 @@ def test_the_http_api_checks_sources_scopes_and_answers_json(tmp_path: Path) -> 
     assert post({**ok, "source": str(tmp_path)}).status_code == 400  # a folder on the server: refused
     assert post({**ok, "target": "psnr:nope"}).status_code == 400
     assert post({**ok, "apply": "yes"}).status_code == 400
+    assert post({**ok, "on_verified": "burn"}).status_code == 400
+    too_many = post({**ok, "sample": 10**6})  # the request's declared schema bounds it by the setting
+    assert too_many.status_code == 400 and "UPSCALER_MIGRATE_PLAN_SAMPLE" in too_many.json["error"], too_many.json
+    assert post({k: v for k, v in ok.items() if k != "target"}).status_code == 400
     assert post({**ok, "dest": "s3://other/x/"}).status_code == 403  # not in the allow-list
     assert post({**ok, "dest": "s3://media/elsewhere/"}).status_code == 403  # the key may not write there
     assert post({**ok, "source": "s3://media/i"}).status_code == 403  # nor read outside in/
@@ -395,6 +399,7 @@ def test_the_http_api_checks_sources_scopes_and_answers_json(tmp_path: Path) -> 
     got = client.get(started.headers["Location"], headers=auth)
     assert got.status_code == 200 and got.json["id"] == started.json["id"]
     assert client.get("/v1/migrations/mig-0000000000000000", headers=auth).status_code == 404
+    assert client.get("/v1/migrations/" + "m" * 41, headers=auth).status_code == 400
 
 
 def test_an_s3_inventory_manifest_is_read_with_its_url_encoded_keys() -> None:
