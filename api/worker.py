@@ -16,6 +16,8 @@ at a time) held every thread, and ``/health`` went unanswered for as long as the
   idle time; a stalled handshake was held for the idle time, 120 s when so configured);
 * a request body that stalls for ``UPSCALER_BODY_TIMEOUT`` seconds between two reads ends the request (408); a body
   that keeps trickling holds its thread (bounded by ``UPSCALER_MAX_REQUEST_BYTES``, not by time);
+* at ``GUNICORN_WORKER_CONNECTIONS`` open connections the oldest idle ones are closed to admit new clients, instead
+  of leaving every new client in the listen backlog;
 * gunicorn's own answers to malformed requests (bad framing, oversized headers) are JSON, like the API's, and its
   lingering close (up to 2 s reading what a client still sends) runs on threads of its own, not the main loop.
 
@@ -231,6 +233,31 @@ class ApiWorker(gthread.ThreadWorker):
             conn.timeout = handshake + self.handshake_timeout
         elif since is not None:  # part of a request's head is in
             conn.timeout = since + self.header_timeout
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """At ``GUNICORN_WORKER_CONNECTIONS`` open connections gunicorn stops accepting, so a crowd of idle ones (or
+        a client opening them on purpose) kept every new client in the listen backlog: ``/health`` timed out with
+        1,000 idle connections held. Here the oldest idle ones (kept-alive, or waiting for a request: none with a
+        request running) are closed first, a twentieth of the limit at a time, and new clients are still accepted."""
+        if not enabled and self._close_oldest_idle(max(1, self.worker_connections // 20)):
+            return
+        super().set_accept_enabled(enabled)
+
+    def _close_oldest_idle(self, count: int) -> int:
+        closed = 0
+        for waiting in (self.keepalived_conns, self.pending_conns):
+            while waiting and closed < count:
+                conn = waiting.popleft()
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    self.poller.unregister(conn.sock)
+                self.nr_conns -= 1
+                conn.close()
+                closed += 1
+        if closed:
+            log.info(
+                "idle connections closed to admit new ones", extra={"closed": closed, "limit": self.worker_connections}
+            )
+        return closed
 
     def murder_pending(self) -> None:
         """Close the deferred connections past their deadline. gunicorn's looks only at the oldest, since all get

@@ -154,6 +154,22 @@ def test_a_stalled_handshake_is_cut_at_the_handshake_deadline_when_the_idle_time
             assert not _closed_by_server(idle, within=5)
 
 
+def test_at_the_connection_limit_the_oldest_idle_connections_make_room(tmp_path: Path) -> None:
+    """More idle connections than GUNICORN_WORKER_CONNECTIONS: new clients are still served (the oldest idle
+    connections are closed for them); gunicorn alone stops accepting at the limit, and /health waited in the
+    listen backlog for as long as the idle ones stayed (30 s timeouts with 1,000 held and a 120 s idle time)."""
+    env = {"GUNICORN_WORKER_CONNECTIONS": "40", "UPSCALER_IDLE_TIMEOUT": "120", "UPSCALER_VIDEO_WORKERS": "0"}
+    with api_server(tmp_path, env) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [_connect(port, tls=i % 2 == 0) for i in range(60)]
+        time.sleep(0.5)
+        assert _health(url) < 2.5
+        closed = [i for i, sock in enumerate(held) if _closed_by_server(sock, within=0.2)]
+        assert closed and min(closed) == 0 and max(closed) < 40  # the oldest went; the newest are held
+        for sock in held:
+            sock.close()
+
+
 def test_stalled_handshakes_hold_no_thread_and_are_cut_off(front: tuple[str, int]) -> None:
     """More clients than threads start a TLS handshake and stall: /health is answered meanwhile (before the
     handshake deadline could free a thread), and each stalled one is closed."""
