@@ -113,15 +113,25 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _plan_sources(source: str, limit: int | None) -> list[tuple[str, object]]:
-    """(name, loader) for each image under a folder or an ``s3://bucket/prefix``."""
+    """(name, loader) for each image under a folder or an ``s3://bucket/prefix``; an object this service stored is
+    not an original (its loader raises :class:`Conflict`)."""
     items: list[tuple[str, object]] = []
     if source.startswith("s3://"):
+        from upscaler.errors import Conflict
+        from upscaler.media import RECORD_MARKER
         from upscaler.store.s3 import S3Store
 
         bucket, _, prefix = source.removeprefix("s3://").partition("/")
         store = S3Store(endpoint_url=os.environ.get("UPSCALER_S3_ENDPOINT_URL") or None)
+
+        def load(key: str) -> bytes:
+            obj = store.get(bucket, key)
+            if RECORD_MARKER in obj.metadata:  # its bytes are the small form, not an original
+                raise Conflict("already a stored form of this service: skipped (plan its original instead)")
+            return obj.data
+
         for key in store.list(bucket, prefix):
-            items.append((f"s3://{bucket}/{key}", lambda key=key: store.get(bucket, key).data))
+            items.append((f"s3://{bucket}/{key}", lambda key=key: load(key)))
     else:
         root = Path(source)
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -136,7 +146,7 @@ def _plan(args: argparse.Namespace) -> int:
     import statistics
 
     from upscaler.config import Settings
-    from upscaler.errors import UpscalerError
+    from upscaler.errors import Conflict, UpscalerError
     from upscaler.quality import Target
 
     settings = Settings.from_env()
@@ -154,11 +164,14 @@ def _plan(args: argparse.Namespace) -> int:
         progress = tqdm(items, unit="image", file=sys.stderr, dynamic_ncols=True)
     except ImportError:
         progress = items
-    rows, failures = [], 0
+    rows, failures, stored_forms = [], 0, 0
     for name, load in progress:
         try:
             data = load()  # type: ignore[operator]
             decision = service.decide(data, goal)
+        except Conflict:
+            stored_forms += 1
+            continue
         except UpscalerError as exc:
             failures += 1
             print(f"{name}: {exc.message}", file=sys.stderr)
@@ -167,7 +180,10 @@ def _plan(args: argparse.Namespace) -> int:
         rows.append((name, len(data), decision))
         if args.verbose:
             print(f"{name}\t{len(data)}\t{d['bytes']}\tx{d['scale']:g} {d['codec']} q{d['quality']}\t{d['fidelity']}")
+    skipped = f", {stored_forms} already stored forms skipped" if stored_forms else ""
     if not rows:
+        if skipped:
+            print(f"nothing to plan under {args.source}: {stored_forms} already stored forms", file=sys.stderr)
         return 1
     original = sum(n for _, n, _ in rows)
     stored = sum(d.form.bytes for _, _, d in rows)
@@ -178,7 +194,7 @@ def _plan(args: argparse.Namespace) -> int:
         forms[label] = forms.get(label, 0) + 1
     mp = sum(d.megapixels for _, _, d in rows)
     seconds = sum(d.seconds for _, _, d in rows)
-    print(f"target {goal} over {len(rows)} images ({failures} failed), dry run: nothing stored")
+    print(f"target {goal} over {len(rows)} images ({failures} failed{skipped}), dry run: nothing stored")
     print(f"bytes: {original:,} original -> {stored:,} stored ({100 * (1 - stored / original):.1f}% saved)")
     if finite:
         q = statistics.quantiles(finite, n=10, method="inclusive") if len(finite) > 1 else [finite[0]] * 9

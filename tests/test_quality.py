@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 
+import boto3
 import numpy as np
 import pytest
 from PIL import Image
@@ -241,3 +242,27 @@ def test_the_plan_command_is_a_dry_run_over_a_folder(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert "over 3 images (0 failed), dry run" in out and "% saved" in out and "s per megapixel" in out
     assert main(["plan", "psnr:33", str(tmp_path / "empty-nothing-here")]) == 1
+
+
+def test_the_plan_command_skips_objects_this_service_stored(tmp_path, capsys, monkeypatch) -> None:
+    """An s3:// prefix holding stored forms beside originals: a stored form's bytes are the small image, so planning
+    them as originals would count savings twice; they are skipped and counted."""
+    from api.cli import main
+    from tests.servers import AWS_TEST_ENV, moto_server
+    from upscaler.store.s3 import S3Store
+
+    for name, value in {**AWS_TEST_ENV, "UPSCALER_NCNN_THREADS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with moto_server() as endpoint:
+        monkeypatch.setenv("UPSCALER_S3_ENDPOINT_URL", endpoint)
+        store = S3Store(endpoint_url=endpoint)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="archive")
+        settings = Settings.from_env({}, ncnn_threads=2)
+        engine = Engine(settings)
+        s3_service = S3CommonUpscaler(store, open_provider(settings, engine), engine, settings)
+        photo = _images()["photo.jpg"]
+        s3_service.store_image(photo, bucket="archive", key="in/stored.jpg")
+        store.put("archive", "in/original.jpg", photo, metadata={}, content_type="image/jpeg")
+        assert main(["plan", "psnr:33", "s3://archive/in/"]) == 0
+        out = capsys.readouterr().out
+        assert "over 1 images (0 failed, 1 already stored forms skipped)" in out, out
