@@ -98,6 +98,26 @@ def test_second_delivery_of_a_finished_job_does_nothing(setup) -> None:
     assert jobs.get(job.id).attempts == 1
 
 
+def test_a_job_another_delivery_finished_first_is_acknowledged_not_dead_lettered(setup) -> None:
+    """Two deliveries of one message (its lease ran out under a slow worker) both run; the one finishing second
+    finds the job Completed. It used to count that as a failure (409 < 500): 'job failed' logged and the message
+    moved to the dead-letter queue, although the job was done."""
+    store, jobs, queue, worker, tmp = setup
+    _stored_clip(store, tmp, "v.mp4", frames=4)
+    job = submit(jobs, queue, Job(method="downscale", video="s3://media/v.mp4"))
+    process = worker._process
+
+    def finished_elsewhere_meanwhile(*args, **kwargs):
+        result = process(*args, **kwargs)
+        jobs.transition(job.id, COMPLETED, output="s3://media/by-the-other.mp4", finished_at=time.time())
+        return result
+
+    worker._process = finished_elsewhere_meanwhile
+    _run_one(queue, worker)
+    assert jobs.get(job.id).status == COMPLETED and jobs.get(job.id).output == "s3://media/by-the-other.mp4"
+    assert queue.dead_letters() == [] and queue.receive(wait_seconds=0.3) is None
+
+
 def test_poison_job_ends_failed_and_in_the_dlq(setup) -> None:
     store, jobs, queue, worker, tmp = setup
     bad = tmp / "bad.mp4"

@@ -175,23 +175,29 @@ class VideoWorker:
         outcome = "failed"
         try:
             output, frames, resumed, written = self._process(job, stop)
-            self.jobs.transition(
-                job.id,
-                COMPLETED,
-                output=output,
-                finished_at=time.time(),
-                frames_done=frames,
-                frames_total=frames,
-                resumed_frames=resumed,
-                error=None,
-                **written,
-            )
-            self.queue.delete(message)
-            outcome = "completed"
-            log.info(
-                "job completed",
-                extra={"job": job.id, "frames": frames, "resumed": resumed, "output": output, **written},
-            )
+            try:
+                self.jobs.transition(
+                    job.id,
+                    COMPLETED,
+                    output=output,
+                    finished_at=time.time(),
+                    frames_done=frames,
+                    frames_total=frames,
+                    resumed_frames=resumed,
+                    error=None,
+                    **written,
+                )
+            except Conflict:  # another delivery of the message finished it first, or it was cancelled meanwhile
+                self.queue.delete(message)  # the job is settled: nothing to retry, nothing for the dead letters
+                outcome = "superseded"
+                log.info("job already settled by another delivery", extra={"job": job.id})
+            else:
+                self.queue.delete(message)
+                outcome = "completed"
+                log.info(
+                    "job completed",
+                    extra={"job": job.id, "frames": frames, "resumed": resumed, "output": output, **written},
+                )
         except Interrupted as exc:
             self._give_back(job, message, exc.frames_done)
             outcome = "interrupted"
