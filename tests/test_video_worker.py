@@ -400,3 +400,27 @@ def test_media_that_lies_fails_its_job_with_the_reason(setup) -> None:
     assert not store.exists("media", "cut-downscaled.mp4")
     assert jobs.get(image.id).status == FAILED and "still image (png), not a video" in (jobs.get(image.id).error or "")
     assert len(queue.dead_letters()) == 2  # input errors: dead-lettered at once, not retried
+
+
+def test_a_whole_clip_that_misses_its_target_is_encoded_again_and_the_last_encode_is_the_one_verified(setup) -> None:
+    """The sample segments chose a CRF the whole clip misses: it is encoded again at CRF -2, then -4 more, ...,
+    and the fidelity the job reports is the stored clip's. It used to stop after the third re-encode without
+    checking it, reporting the second one's miss (met: false) for a clip nobody had measured."""
+    store, jobs, queue, worker, tmp = setup
+    clip = tmp / "clip.mp4"
+    make_clip(clip, frames=10, size=(96, 64))
+    store.put_file("media", "m.mp4", clip, metadata={}, content_type="video/mp4")
+    job = submit(jobs, queue, Job(method="downscale", video="s3://media/m.mp4", target="psnr:30"))
+    verify, seen = worker._verify, []
+
+    def misses_twice(*args, **kwargs):
+        real = verify(*args, **kwargs)
+        seen.append(real)
+        return 20.0 if len(seen) <= 2 else real
+
+    worker._verify = misses_twice
+    _run_one(queue, worker)
+    done = jobs.get(job.id).to_v1()
+    chosen = done["decision"]["crf"]
+    assert len(seen) == 3 and done["fidelity"]["psnr"] == round(seen[-1], 4) and done["fidelity"]["met"]
+    assert done["encoding"]["crf"] == max(0, chosen - 2 - 4)  # two steps down: 2, then 4

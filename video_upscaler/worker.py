@@ -50,8 +50,8 @@ log = logging.getLogger("video_upscaler")
 
 ORIGINAL_WIDTH, ORIGINAL_HEIGHT = "original-width", "original-height"
 #: A targeted job whose whole clip misses the target on its sample frames is encoded again this many times at
-#: most, each time this many CRF steps lower.
-VERIFY_TRIES, CRF_STEP = 3, 2
+#: most, the CRF lowered by CRF_STEP, then twice that, four times that... (every encode is checked, the last too).
+VERIFY_TRIES, CRF_STEP = 4, 2
 
 
 class JobCancelled(Exception):
@@ -429,14 +429,15 @@ class VideoWorker:
                 report, checkpoints = run(encoding)
             if "decision" in written:  # the whole clip, checked on the sample frames; a lower CRF while it misses
                 target = parse_target(str(job.target))
-                for _ in range(VERIFY_TRIES):
-                    fidelity = self._verify(job, target, samples, dst, info)
-                    if target.met(fidelity) or encoding.crf is None or encoding.crf <= CRF_STEP:
+                fidelity = self._verify(job, target, samples, dst, info)
+                for attempt in range(VERIFY_TRIES):  # the stored clip is always the one last verified
+                    if target.met(fidelity) or encoding.crf is None or encoding.crf == 0:
                         break
                     log.info("target missed on the whole clip", extra={"job": job.id, "fidelity": fidelity})
                     checkpoints.clear()
-                    encoding = VideoEncoding.choose(encoding.codec, crf=encoding.crf - CRF_STEP)
+                    encoding = VideoEncoding.choose(encoding.codec, crf=max(0, encoding.crf - (CRF_STEP << attempt)))
                     report, checkpoints = run(encoding)
+                    fidelity = self._verify(job, target, samples, dst, info)
                 written["fidelity"] = {
                     target.metric: round(fidelity, 4),
                     "frames": len(samples[1]),
