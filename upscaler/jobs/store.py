@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -244,12 +245,15 @@ class DynamoJobStore(JobStore):
         raise Unavailable(f"job {job_id} keeps changing; transition to {new_status} not applied", retry_after=1)
 
     def update(self, job_id: str, **fields: Any) -> None:
-        for _ in range(8):  # the heartbeat and the progress reports of one job write concurrently: none is lost
+        for attempt in range(32):  # the heartbeat and the progress reports of one job write concurrently: none is lost
             job = self.get(job_id)
             if job.status in FINAL:
                 return  # finished or cancelled: progress no longer matters
             if self._replace(job, Job.from_dict({**job.merged(fields), "updated_at": time.time()})):
                 return
+            # the other writer won this round; a short random pause keeps two writers from colliding in lockstep
+            # (8 bare retries lost one of 15 heartbeats against 15 progress reports on a loaded CI machine)
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         log.warning("job progress not recorded: the row kept changing", extra={"job": job_id})
 
     def modify(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job | None:
