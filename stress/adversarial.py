@@ -116,26 +116,32 @@ def _timed(call: Callable[[], requests.Response]) -> tuple[int, float]:
     return status, time.monotonic() - start
 
 
-def _worker_rss(port: int) -> float:
-    """MB resident in the gunicorn processes serving ``port`` (master and workers)."""
-    total = 0.0
+def _server_processes(port: int) -> list[psutil.Process]:
+    """The gunicorn processes serving ``port`` (master and workers)."""
+    out: list[psutil.Process] = []
     for proc in psutil.process_iter(["cmdline"]):
         if f"127.0.0.1:{port}" in " ".join(proc.info.get("cmdline") or []):
-            for p in [proc, *proc.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss / 2**20
+            with contextlib.suppress(psutil.Error):
+                out += [proc, *proc.children(recursive=True)]
+    return out
+
+
+def _worker_rss(port: int) -> float:
+    """MB resident in the gunicorn processes serving ``port``."""
+    total = 0.0
+    for p in _server_processes(port):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss / 2**20
     return round(total, 1)
 
 
 def _worker_cpu(port: int) -> float:
     """CPU seconds (user + system) the gunicorn processes serving ``port`` have used so far."""
     total = 0.0
-    for proc in psutil.process_iter(["cmdline"]):
-        if f"127.0.0.1:{port}" in " ".join(proc.info.get("cmdline") or []):
-            for p in [proc, *proc.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    times = p.cpu_times()
-                    total += times.user + times.system
+    for p in _server_processes(port):
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            total += times.user + times.system
     return total
 
 
