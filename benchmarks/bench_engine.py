@@ -10,8 +10,10 @@ the original test bench's orb_sim. Table 2 times each network through `Engine.up
 input that fits one tile and on large inputs (1024x768, 1224x1224), next to a bare ncnn extract of the same input
 in the same run (interleaved), with the grid's pixel cover. Table 3 repeats that on a quiet machine and beside a
 competing CPU-bound process, under each OpenMP wait setting, each in its own process. Table 4 measures ncnn's own
-options (fp16/bf16 storage, convolution algorithms, packing, light mode) for speed and PSNR-Y. Table 5 runs a
-~24 MP output in a child process and reports its peak RSS. Times are the best of --repeats; the machine may be
+options (fp16/bf16 storage, convolution algorithms, packing, light mode) for speed and PSNR-Y. Table 5 runs the
+engine on the torch runtime (fp32 channels-last, and bf16-mixed on CPUs with AMX) against bare ncnn's fp32 defaults,
+with the PSNR-Y move on held-out images; it needs PyTorch (the gpu extra). Table 6 runs a ~24 MP output in a child
+process and reports its peak RSS. Times are the best of --repeats; the machine may be
 shared, so compare ratios measured in the same run, not absolute numbers across runs.
 """
 
@@ -346,6 +348,94 @@ def options_table(engine: Engine, repeats: int, model: str = "span-x4", side: in
     ]
 
 
+#: The engine on the torch runtime (issue 21's item 5: past bare ncnn's fp32 defaults), by precision.
+TORCH_PRECISIONS = ("fp32", "bf16-mixed")
+#: (model, input width, input height) of the runtimes table: the large cases users send.
+RUNTIME_CASES = (("span-x4", 1024, 768), ("span-x4", 1224, 1224), ("span-x2", 1024, 768))
+
+
+def held_out(limit: int, max_side: int) -> list[tuple[str, Image.Image]]:
+    """Up to ``limit`` held-out images (bench_quality's: the wallpaper packages we never tune or train on, photos and
+    graphics alternately), each resized to at most ``max_side`` pixels a side and cropped to a multiple of 4."""
+    from bench_quality import _package_files
+
+    found: list[tuple[str, Image.Image]] = []
+    photo_files, graphic_files = _package_files()
+    for path in [p for pair in zip(photo_files, graphic_files, strict=False) for p in pair][:limit]:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        found.append((path.name, rgb.crop((0, 0, rgb.width // 4 * 4, rgb.height // 4 * 4))))
+    return found
+
+
+def runtimes_table(repeats: int, cases: list[tuple[str, int, int]], images: int, max_side: int) -> list[list[object]]:
+    """The engine on the torch runtime (channels-last; fp32, and bf16 convolutions inside an fp32 network where the
+    CPU has AMX) against a bare ncnn extract with ncnn's fp32 defaults, interleaved (bare, torch fp32, torch
+    bf16-mixed, bare, ...), best of ``repeats``; and the PSNR-Y each gives on ``images`` held-out images
+    (antialiased downscale, restore) against the engine on ncnn: the mean move, and the lowest and highest one."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("  runtimes: PyTorch is not installed (the gpu extra): no rows", file=sys.stderr)
+        return []
+    from upscaler.engine.torch_net import cpu_has_amx_bf16
+
+    precisions = [p for p in TORCH_PRECISIONS if p == "fp32" or cpu_has_amx_bf16()]
+    ncnn_engine = Engine(Settings.from_env({}, runtime="ncnn", gpu="off"))
+    engines = {p: Engine(Settings.from_env({}, runtime="torch", precision=p, gpu="off")) for p in precisions}
+    threads = ncnn_engine.options.resolved_threads()
+    src = next(photos(limit=1, include_shared=False))[1]
+    tests = held_out(images, max_side)
+    rows: list[list[object]] = []
+    for name, width, height in cases:
+        spec = registry.MODELS[name]
+        net = bare_net(spec, threads)
+        lr = src.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (width - min(width, 1024)) // 2, (height - min(height, 768)) // 2
+        crop = lr.crop((left, top, left + min(width, 1024), top + min(height, 768)))
+        chw = _planar(crop)
+        calls = {"bare ncnn": lambda net=net, chw=chw: bare_extract(net, chw)}
+        for p, eng in engines.items():
+            calls[f"torch {p}"] = lambda eng=eng, spec=spec, lr=lr: eng.upscale(lr, spec.scale, model=spec.name)
+        for call in calls.values():
+            call()  # warm: load, and let oneDNN pick its kernels for these shapes
+        best = {label: math.inf for label in calls}
+        for _ in range(repeats):
+            for label, call in calls.items():
+                best[label] = min(best[label], _timed(call)[0])
+        bare_mp = crop.width * crop.height * spec.scale**2 / 1e6 / best["bare ncnn"]
+        base: list[float] = []
+        moves: dict[str, list[float]] = {p: [] for p in engines}
+        for _, hr in tests:
+            lr_t = ncnn_engine.downscale(hr, spec.scale)
+            base.append(
+                metrics.psnr(hr, ncnn_engine.upscale(lr_t, spec.scale, model=spec.name), crop_border=spec.scale)
+            )
+            for p, eng in engines.items():
+                got = metrics.psnr(hr, eng.upscale(lr_t, spec.scale, model=spec.name), crop_border=spec.scale)
+                moves[p].append(got - base[-1] if math.isfinite(got) and math.isfinite(base[-1]) else 0.0)
+        for p in engines:
+            mp = width * height * spec.scale**2 / 1e6 / best[f"torch {p}"]
+            rows.append(
+                [
+                    spec.name,
+                    f"{width}x{height}",
+                    p,
+                    bare_mp,
+                    mp,
+                    mp / bare_mp,
+                    statistics.mean(moves[p]),
+                    min(moves[p], default=0.0),
+                    max(moves[p], default=0.0),
+                    len(tests),
+                    os.getloadavg()[0],
+                ]
+            )
+        print(f"  timed {spec.name} {width}x{height} on torch", file=sys.stderr)
+    return rows
+
+
 def peak_rss_child(model: str, out_side: int, tile: int) -> dict[str, float]:
     """Upscale to out_side x out_side in a fresh process; report its peak RSS (VmHWM of the child: ru_maxrss
     would carry the parent's peak across exec)."""
@@ -377,7 +467,7 @@ print(json.dumps({{"out_mp": out.width * out.height / 1e6, "seconds": dt,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("fidelity", "throughput", "contention", "options", "memory")
+PARTS = ("fidelity", "throughput", "contention", "options", "runtimes", "memory")
 
 
 def main() -> None:
@@ -395,6 +485,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--cases", nargs="+", help="throughput: only these cases, as MODEL (its one-tile input) or MODEL:WxH"
+    )
+    parser.add_argument(
+        "--held-out", type=int, default=12, help="runtimes: held-out images for the PSNR-Y column (default 12)"
     )
     parser.add_argument("--json", type=Path, help="also write the tables to this JSON file")
     args = parser.parse_args()
@@ -440,6 +533,19 @@ def main() -> None:
         print("(keep: >= 10 % faster with PSNR-Y moving <= 0.05 dB)")
         print(table(h, rows))
 
+    if "runtimes" in args.only:
+        cases = [(m, 256, 192) for m in ("span-x4", "span-x2")] if args.quick else list(RUNTIME_CASES)
+        rows = runtimes_table(repeats, cases, 2 if args.quick else args.held_out, 512)
+        h = ["model", "input", "torch precision", "bare ncnn MP/s", "engine on torch MP/s", "torch / bare"]
+        h += ["mean dPSNR-Y", "lowest dPSNR-Y", "highest dPSNR-Y", "held-out images", "load"]
+        tables["runtimes"] = [h, *rows]
+        print("\nTable 5. Past bare ncnn's fp32 defaults: the engine on the torch runtime (channels-last; bf16-mixed")
+        print(
+            "where the CPU has AMX) vs a bare ncnn extract (its 1024x768 centre crop, per output pixel), interleaved;"
+        )
+        print("dPSNR-Y: against the engine on ncnn, held-out images (keep: >= 10 % faster, PSNR-Y moving <= 0.05 dB)")
+        print(table(h, rows) if rows else "(no rows: PyTorch is not installed here)")
+
     if "memory" in args.only and not args.quick:
         rows = []
         for model, tile in (("span-x4", 0), ("realesr-animevideov3-x4", 0)):
@@ -448,7 +554,7 @@ def main() -> None:
                 [model, f"{r['out_mp']:.1f} MP", f"{r['tile']}px", r["seconds"], r["rss_before_mb"], r["peak_rss_mb"]]
             )
         tables["memory"] = [["model", "output", "tile", "seconds", "RSS loaded MB", "peak RSS MB"], *rows]
-        print("\nTable 5. Peak memory for a ~24 MP output (target < 2048 MB)")
+        print("\nTable 6. Peak memory for a ~24 MP output (target < 2048 MB)")
         print(table(tables["memory"][0], rows))
     print(
         f"\n(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "

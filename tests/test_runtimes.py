@@ -58,6 +58,39 @@ def test_torch_matches_ncnn_on_every_shipped_model(name: str, crop: np.ndarray) 
     assert float(np.abs(as_bytes - expected).max()) <= 1.0
 
 
+@pytest.mark.parametrize("name", ["span-x4", "span-x2", "realesr-animevideov3-x2"])
+def test_bf16_mixed_keeps_both_ends_in_fp32_and_restores_within_a_level_of_ncnn(name: str, crop: np.ndarray) -> None:
+    torch = pytest.importorskip("torch", reason="the torch runtime is the 'gpu' extra")
+    from torch import nn
+
+    from upscaler.engine.torch_net import TorchNetwork
+
+    spec = registry.MODELS[name]
+    net = TorchNetwork(graph.read(*registry.weight_files(spec)), spec.scale, device="cpu", precision="bf16-mixed")
+    convs = [m for m in net.module.layers_.values() if isinstance(m, nn.Conv2d)]
+    dtypes = [c.weight.dtype for c in convs]
+    assert net.precision == "bf16-mixed" and dtypes[0] == dtypes[-1] == dtypes[-2] == torch.float32
+    assert dtypes[1:-2] == [torch.bfloat16] * (len(convs) - 3)
+    frames = np.round(crop * 255).astype(np.uint8)[None]
+    got = net.run_uint8(frames)[0].astype(np.float32)
+    expected = np.round(np.clip(_ncnn(name, frames[0].astype(np.float32) / 255), 0, 1) * 255)
+    assert float(np.abs(got - expected).max()) <= 3.0 and float(np.abs(got - expected).mean()) < 0.5
+
+
+def test_precision_names_resolve_per_device_and_wrong_ones_name_the_setting() -> None:
+    torch = pytest.importorskip("torch", reason="the torch runtime is the 'gpu' extra")
+    from upscaler.engine.graph import UnsupportedGraph
+    from upscaler.engine.torch_net import cpu_has_amx_bf16, resolve_dtype, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16-mixed" if cpu_has_amx_bf16() else "fp32")
+    assert resolve_dtype("bf16-mixed", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UnsupportedGraph, match="UPSCALER_PRECISION=fp32"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(UnsupportedGraph, match="bf16-mixed"):
+        resolve_precision("int4", cpu)
+
+
 def test_engine_on_onnx_runtime_restores_like_ncnn_tiled_and_untiled(photo) -> None:
     pytest.importorskip("onnxruntime")
     small = photo.resize((48, 32))
@@ -74,7 +107,8 @@ def test_engine_on_onnx_runtime_restores_like_ncnn_tiled_and_untiled(photo) -> N
 
 def test_auto_runtime_is_ncnn_without_cuda_and_bad_names_name_the_setting() -> None:
     options = runtime.RuntimeOptions(gpu="off")
-    assert options.resolved_runtime() == "ncnn"
+    assert options.resolved_runtime() == ("torch" if runtime.cpu_amx_bf16() else "ncnn")  # torch: CPU with AMX
+    assert runtime.RuntimeOptions(gpu="off", precision="fp32").resolved_runtime() == "ncnn"
     with pytest.raises(InvalidInput, match="UPSCALER_RUNTIME"):
         runtime.RuntimeOptions(runtime="tensorflow").resolved_runtime()
 

@@ -41,10 +41,11 @@ class Settings:
     ncnn_threads: int = 0
     #: "auto": use a GPU when one is found (CUDA through PyTorch, else Vulkan through ncnn); "off": CPU only.
     gpu: str = "auto"
-    #: Which runtime runs the models: "auto" (PyTorch on CUDA when torch and a CUDA GPU are there, else ncnn),
-    #: "ncnn", "torch" (the ``gpu`` extra) or "onnx" (ONNX Runtime). All load the same shipped weights.
+    #: Which runtime runs the models: "auto" (PyTorch when torch is installed and there is a CUDA GPU or a CPU with
+    #: AMX, else ncnn), "ncnn", "torch" (the ``gpu`` extra) or "onnx" (ONNX Runtime). All load the same weights.
     runtime: str = "auto"
-    #: Arithmetic of the torch runtime: "auto" (fp16 on CUDA, fp32 on the CPU), "fp32", "fp16" or "bf16".
+    #: Arithmetic of the torch runtime: "auto" (fp16 on CUDA; bf16-mixed on a CPU with AMX, else fp32), "fp32",
+    #: "fp16", "bf16" or "bf16-mixed" (bf16 convolutions inside, fp32 at both ends and between layers).
     precision: str = "auto"
     #: Equal-size tiles (or video frames) run together in one batch on a GPU.
     gpu_batch: int = 4

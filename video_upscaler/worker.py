@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from upscaler.backpressure import give_back_memory
 from upscaler.config import Settings
 from upscaler.engine import Engine, downscale_size
 from upscaler.engine.tiling import cancel_when
@@ -217,6 +218,7 @@ class VideoWorker:
         finally:
             beat.set()
             heartbeat.join()
+            give_back_memory()  # the job's frames and the models' buffers, to the system until the next job
             metrics.JOBS.labels(job.method, outcome).inc()
             metrics.JOB_SECONDS.labels(job.method).observe(time.perf_counter() - started)
 

@@ -68,25 +68,39 @@ def cuda_available() -> bool:
     return torch_net.cuda_available()
 
 
+@functools.cache
+def cpu_amx_bf16() -> bool:
+    """Whether PyTorch is installed and this CPU has AMX bf16 units, where the torch runtime's ``bf16-mixed``
+    precision runs the models faster than ncnn's fp32 at the same fidelity (``benchmarks/bench_engine.py``)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    from upscaler.engine import torch_net
+
+    return torch_net.cpu_has_amx_bf16()
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     threads: int = 0  # 0 = one per core
     gpu: str = "auto"  # "auto" | "off"
     model_dir: str | None = None
     runtime: str = "auto"  # one of RUNTIMES
-    precision: str = "auto"  # torch only: auto | fp32 | fp16 | bf16
+    precision: str = "auto"  # torch only: auto | fp32 | fp16 | bf16 | bf16-mixed
     batch: int = 4  # equal-size tiles per call on a GPU
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
 
     def resolved_runtime(self) -> str:
-        """The runtime ``auto`` stands for here: torch on a CUDA GPU, else ncnn."""
+        """The runtime ``auto`` stands for here: torch on a CUDA GPU or on a CPU with AMX (when PyTorch is installed),
+        else ncnn."""
         if self.runtime not in RUNTIMES:
             raise InvalidInput(f"UPSCALER_RUNTIME must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.runtime != "auto":
             return self.runtime
-        return "torch" if self.gpu != "off" and cuda_available() else "ncnn"
+        if self.gpu != "off" and cuda_available():
+            return "torch"
+        return "torch" if self.precision in ("auto", "bf16-mixed") and cpu_amx_bf16() else "ncnn"
 
     def use_gpu(self) -> bool:
         """Whether models run on a GPU with these options (CUDA for torch/onnx, Vulkan for ncnn)."""
@@ -198,6 +212,9 @@ def _converted(spec: ModelSpec, options: RuntimeOptions, runtime: str) -> Networ
 
 
 def _build(spec: ModelSpec, options: RuntimeOptions) -> Network:
+    from upscaler.backpressure import keep_freed_memory
+
+    keep_freed_memory()  # tiles reuse the heap instead of fresh zeroed mappings (see there)
     runtime = options.resolved_runtime()
     if runtime == "ncnn":
         return NcnnNetwork(spec, options)

@@ -1,9 +1,10 @@
-"""PyTorch runtime: the shipped ncnn models as ``torch.nn.Module``s, on CUDA in fp16/bf16 or on the CPU.
+"""PyTorch runtime: the shipped ncnn models as ``torch.nn.Module``s, on CUDA in fp16/bf16 or on the CPU (fp32, or
+bf16 convolutions inside an fp32 network on CPUs with AMX: ``bf16-mixed``).
 
 :class:`GraphModule` is built from :class:`upscaler.engine.graph.Graph` — the same ``.param``/``.bin`` files ncnn
 runs, converted here, so there is no second source of weights. Convolutions are ``nn.Conv2d`` and PReLU slopes are
 ``nn.PReLU``, so the module is also what a fine-tuned model is trained from (``state_dict`` keys are the ncnn layer
-names). :class:`TorchNetwork` is the engine's runtime over it: batches of equal-size tiles, channels-last on CUDA,
+names). :class:`TorchNetwork` is the engine's runtime over it: batches of equal-size tiles, channels-last,
 uint8 <-> float conversion on the device from pinned host buffers, and host copies on a side stream so the next
 batch's upload overlaps the current batch's compute.
 
@@ -76,6 +77,17 @@ class GraphModule(nn.Module):
             self.steps.append((layer, key))
         self._last_use = last_use
 
+    def lower_inner_convolutions(self, dtype: torch.dtype, keep_first: int = 1, keep_last: int = 2) -> int:
+        """Run every convolution but the first ``keep_first`` and the last ``keep_last`` in ``dtype`` (weights and
+        arithmetic), the rest of the network (activations between layers, additions, the kept ends) as it is; how
+        many were lowered. The ends matter: bf16 keeps 8 significant bits, so a bf16 first convolution reads the
+        8-bit input rounded by up to half a level, and bf16 last convolutions round the output as much."""
+        convs = [m for m in self.layers_.values() if isinstance(m, nn.Conv2d)]
+        inner = convs[keep_first : len(convs) - keep_last]
+        for conv in inner:
+            conv.to(dtype)
+        return len(inner)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blobs: dict[str, torch.Tensor] = {self.input_blob: x}
         for index, (layer, key) in enumerate(self.steps):
@@ -104,6 +116,8 @@ class GraphModule(nn.Module):
                 left, right, top, bottom = _padding(layer)
                 if left or right or top or bottom:
                     x = F.pad(x, (left, right, top, bottom), value=layer.float_param(18, 0.0))
+            if conv.weight.dtype != x.dtype:  # a bf16 convolution inside an fp32 network (precision bf16-mixed)
+                return [_activation(conv(x.to(conv.weight.dtype)).to(x.dtype), layer)]
             return [_activation(conv(x), layer)]
         if t == "PReLU":
             return [self.layers_[key](args[0])]
@@ -218,21 +232,46 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on CUDA and fp32 on the CPU; bf16 only where the device supports it."""
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles and AVX-512 BF16: Intel Xeon 4th generation,
+    "Sapphire Rapids", and later), where oneDNN runs a bf16 convolution several times faster than an fp32 one."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:
+        return all(probe is not None and probe() for probe in probes)
+    except Exception:  # a private probe that changed: the plain fp32 path is always right
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``precision`` stands for on ``device``: ``auto`` is fp16 on CUDA, ``bf16-mixed`` on a CPU with
+    AMX (the same 8-bit results within a few hundredths of a dB, measured in ``benchmarks/bench_engine.py``), else
+    fp32; the others must be possible on the device."""
     if precision in ("auto", ""):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision == "fp32":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16-mixed" if cpu_has_amx_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UnsupportedGraph(
+            "precision fp16 needs a CUDA device; use UPSCALER_PRECISION=fp32 (or bf16-mixed on a CPU with AMX)"
+        )
+    if precision in ("bf16", "bf16-mixed") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UnsupportedGraph("this GPU has no bf16; use UPSCALER_PRECISION=fp16")
+    if precision not in PRECISIONS:
+        raise UnsupportedGraph(f"unknown precision {precision!r}; use {', '.join(('auto', *PRECISIONS))}")
+    return precision
+
+
+#: What UPSCALER_PRECISION may say besides ``auto``. ``bf16-mixed``: bf16 convolutions inside, fp32 at both ends
+#: and between layers (see :meth:`GraphModule.lower_inner_convolutions`).
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16-mixed")
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the network's activations for ``precision`` on ``device`` (fp32 for ``bf16-mixed``)."""
+    precision = resolve_precision(precision, device)
+    if precision in ("fp32", "bf16-mixed"):
         return torch.float32
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UnsupportedGraph("precision fp16 needs a CUDA device; use UPSCALER_PRECISION=fp32 or bf16 on CPU")
-        return torch.float16
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UnsupportedGraph("this GPU has no bf16; use UPSCALER_PRECISION=fp16")
-        return torch.bfloat16
-    raise UnsupportedGraph(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
 class TorchNetwork:
@@ -244,23 +283,28 @@ class TorchNetwork:
         if device == "auto":
             device = "cuda" if cuda_available() else "cpu"
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(precision, self.device)
+        self._precision = resolve_precision(precision, self.device)
+        self.dtype = resolve_dtype(self._precision, self.device)
         self.scale = scale
         self.on_gpu = self.device.type == "cuda"
         if not self.on_gpu and threads > 0:
             torch.set_num_threads(threads)
-        self.memory_format = torch.channels_last if self.on_gpu else torch.contiguous_format
+        # channels-last everywhere: cuDNN's and oneDNN's fast convolutions (AMX included) want it, and the engine's
+        # HxWx3 tiles already are that layout once permuted, so nothing is copied on the way in
+        self.memory_format = torch.channels_last
         if self.on_gpu:
             torch.backends.cudnn.benchmark = True  # tiles and frames repeat their sizes: pick the fastest kernels once
         module = GraphModule(graph).eval()
         self.module = module.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
+        if self._precision == "bf16-mixed":
+            self.module.lower_inner_convolutions(torch.bfloat16)
         self._lock = threading.Lock() if self.on_gpu else None
         self._copy_stream = torch.cuda.Stream(self.device) if self.on_gpu else None
         self.name = graph.name
 
     @property
     def precision(self) -> str:
-        return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[self.dtype]
+        return self._precision
 
     def free_memory(self) -> int:
         """Bytes the device can still give (the host's memory is not measured: 0 on the CPU)."""
