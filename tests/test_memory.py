@@ -55,7 +55,6 @@ def test_memory_comes_back_after_concurrent_model_runs() -> None:
     assert rss["after"] - rss["before"] < 0.2 * grew, {k: v // 2**20 for k, v in rss.items()}
 
 
-
 REUSE = """
 import ctypes, json
 import numpy as np
