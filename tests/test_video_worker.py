@@ -328,8 +328,13 @@ def test_a_targeted_job_chooses_its_form_and_meets_the_target_on_retrieval(setup
     searched = {(c["scale"], c["codec"]) for c in decision["candidates"] + decision["pruned"]}
     assert searched >= full | {(2, "h264"), (2, "av1")}  # x265 is not given 48x32; the rest measured or pruned
     assert all(p["why"] for p in decision["pruned"]) and decision["restorations"] > 0
-    chosen = min(decision["candidates"], key=lambda c: c["sample_bytes"])
-    assert (decision["scale"], decision["codec"]) == (chosen["scale"], chosen["codec"])
+    # the two best candidates by sample bytes are encoded over the whole clip; the smaller that meets is kept
+    by_samples = sorted(decision["candidates"], key=lambda c: c["sample_bytes"])[:2]
+    whole = decision["whole_clip"]
+    assert [(w["scale"], w["codec"]) for w in whole] == [(c["scale"], c["codec"]) for c in by_samples]
+    kept = min((w for w in whole if w["met"]), key=lambda w: w["bytes"])
+    assert (decision["scale"], decision["codec"]) == (kept["scale"], kept["codec"])
+    assert done.output_bytes == kept["bytes"] and fidelity["psnr"] == kept["psnr"]
     assert fidelity["met"] and fidelity["psnr"] >= 30 and done.codec == decision["codec"]
     up = Job(method="upscale", video="s3://media/t-downscaled.mp4", model=worker.settings.video_default_model)
     submit(jobs, queue, up)
@@ -419,8 +424,43 @@ def test_a_whole_clip_that_misses_its_target_is_encoded_again_and_the_last_encod
         return 20.0 if len(seen) <= 2 else real
 
     worker._verify = misses_twice
+    worker.settings = worker.settings.replace(video_target_finalists=1)  # the re-encodes of one candidate
     _run_one(queue, worker)
     done = jobs.get(job.id).to_v1()
     chosen = done["decision"]["crf"]
     assert len(seen) == 3 and done["fidelity"]["psnr"] == round(seen[-1], 4) and done["fidelity"]["met"]
     assert done["encoding"]["crf"] == max(0, chosen - 2 - 4)  # two steps down: 2, then 4
+
+
+def test_a_finalist_that_misses_over_the_whole_clip_loses_to_one_that_meets_it(setup) -> None:
+    """The two best candidates of the sample segments are encoded over the whole clip. When the smaller one misses
+    the target there (every re-encode too), the other is stored, and its record says which and why."""
+    store, jobs, queue, worker, tmp = setup
+    clip = tmp / "clip.mp4"
+    make_clip(clip, frames=10, size=(96, 64))
+    store.put_file("media", "f.mp4", clip, metadata={}, content_type="video/mp4")
+    job = submit(jobs, queue, Job(method="downscale", video="s3://media/f.mp4", target="psnr:30"))
+    verify, forms = worker._verify, []
+
+    def first_never_meets(job, target, samples, stored, info):
+        with av.open(str(stored)) as c:  # the first finalist's form, in all its re-encodes
+            forms.append((c.streams.video[0].codec_context.name, c.streams.video[0].width))
+        real = verify(job, target, samples, stored, info)
+        return 20.0 if forms[-1] == forms[0] else real
+
+    worker._verify = first_never_meets
+    _run_one(queue, worker)
+    done = jobs.get(job.id)
+    assert done.status == COMPLETED, done.error
+    record = done.to_v1()
+    first, second = record["decision"]["whole_clip"]
+    assert not first["met"] and first["psnr"] == 20.0 and second["met"] and len(set(forms)) == 2
+    assert (record["decision"]["scale"], record["decision"]["codec"]) == (second["scale"], second["codec"])
+    assert done.output_bytes == second["bytes"] and record["fidelity"] == {
+        "psnr": second["psnr"],
+        "frames": 10,
+        "met": True,
+    }
+    stored = tmp / "stored.mp4"
+    store.get_file("media", "f-downscaled.mp4", stored)
+    assert stored.stat().st_size == second["bytes"] and len(decode_all(stored)) == 10

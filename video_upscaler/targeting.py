@@ -84,6 +84,11 @@ class Decision:
     pruned: list[Pruned] = field(default_factory=list)
     restorations: int = 0  # sample frames run through the restoration (the model), all candidates together
 
+    def finalists(self, count: int) -> list[Candidate]:
+        """The ``count`` best candidates, one per scale x codec, fewest sample bytes first (``chosen`` first)."""
+        rest = sorted((c for c in self.tried if c is not self.chosen), key=lambda c: c.bytes)
+        return [self.chosen, *rest][: max(1, count)]
+
     def to_dict(self) -> dict[str, Any]:
         """The job record's ``decision``: the choice, and every scale x codec's best CRF measured."""
         return {

@@ -358,6 +358,7 @@ class VideoWorker:
             written: dict[str, object] = {}
             if job.method == "downscale" and job.target:  # the target chooses scale, codec and CRF
                 decision, samples = self._decide(job, src, info)
+                finalists = decision.finalists(settings.video_target_finalists)
                 encoding = VideoEncoding.choose(decision.chosen.codec, crf=decision.chosen.crf)
                 requested = size = decision.chosen.size
                 written["decision"] = decision.to_dict()
@@ -427,19 +428,59 @@ class VideoWorker:
 
             if as_stored:
                 report, checkpoints = _as_stored(src, dst, info), self._checkpoints(job)
-            else:
+            elif "decision" not in written:
                 report, checkpoints = run(encoding)
-            if "decision" in written:  # the whole clip, checked on the sample frames; a lower CRF while it misses
+            else:  # each finalist over the whole clip, checked on the sample frames; the smallest that meets is kept
                 target = parse_target(str(job.target))
-                fidelity = self._verify(job, target, samples, dst, info)
-                for attempt in range(VERIFY_TRIES):  # the stored clip is always the one last verified
-                    if target.met(fidelity) or encoding.crf is None or encoding.crf == 0:
-                        break
-                    log.info("target missed on the whole clip", extra={"job": job.id, "fidelity": fidelity})
-                    checkpoints.clear()
-                    encoding = VideoEncoding.choose(encoding.codec, crf=max(0, encoding.crf - (CRF_STEP << attempt)))
+                kept, whole = Path(tmp) / "kept.mp4", []
+                best: tuple[bool, int] | None = None  # (misses the target, bytes) of the clip in ``kept``
+                kept_checkpoints: StoreCheckpoints | None = None
+                for candidate in finalists:
+                    size = candidate.size  # fn and run read it
+                    encoding = VideoEncoding.choose(candidate.codec, crf=candidate.crf)
                     report, checkpoints = run(encoding)
                     fidelity = self._verify(job, target, samples, dst, info)
+                    for attempt in range(VERIFY_TRIES):  # a lower CRF while it misses; the last encode is checked too
+                        if target.met(fidelity) or encoding.crf is None or encoding.crf == 0:
+                            break
+                        log.info("target missed on the whole clip", extra={"job": job.id, "fidelity": fidelity})
+                        checkpoints.clear()
+                        crf = max(0, encoding.crf - (CRF_STEP << attempt))
+                        encoding = VideoEncoding.choose(encoding.codec, crf=crf)
+                        report, checkpoints = run(encoding)
+                        fidelity = self._verify(job, target, samples, dst, info)
+                    rank = (not target.met(fidelity), dst.stat().st_size)
+                    whole.append(
+                        {
+                            "scale": candidate.scale,
+                            "codec": encoding.codec,
+                            "crf": encoding.crf,
+                            "bytes": rank[1],
+                            target.metric: round(fidelity, 4),
+                            "met": not rank[0],
+                        }
+                    )
+                    if best is not None and rank >= best:
+                        checkpoints.clear()  # not kept: nothing to resume
+                        continue
+                    if kept_checkpoints is not None:
+                        kept_checkpoints.clear()
+                    dst.replace(kept)
+                    best, kept_checkpoints = rank, checkpoints
+                    held = (size, encoding, report, fidelity, candidate)
+                size, encoding, report, fidelity, kept_candidate = held
+                checkpoints = kept_checkpoints
+                kept.replace(dst)
+                requested = size
+                written["decision"] = {  # the candidate kept (its sample CRF; ``encoding`` says what was stored)
+                    **decision.to_dict(),
+                    "scale": kept_candidate.scale,
+                    "codec": kept_candidate.codec,
+                    "crf": kept_candidate.crf,
+                    "size": f"{size[0]}x{size[1]}",
+                    "sample_fidelity": round(kept_candidate.fidelity, 4),
+                    "whole_clip": whole,
+                }
                 written["fidelity"] = {
                     target.metric: round(fidelity, 4),
                     "frames": len(samples[1]),
