@@ -640,6 +640,7 @@ def _targeted_jobs(job: tuple[int, str, tuple[int, int], int, tuple[float, ...],
                 "sample_bytes": min(c["sample_bytes"] for c in done.decision["candidates"]),
                 "restorations": done.decision.get("restorations"),
                 "pruned": len(done.decision.get("pruned", [])),
+                "whole_clip": done.decision.get("whole_clip", []),
             }
             if fulls:
                 best = min(fulls, key=lambda c: c["sample_bytes"])
@@ -711,6 +712,17 @@ def _full_cell(r: dict, codec: str) -> str:
     return f"{full['bytes'] / 1024:.0f} ({full['psnr']:.2f}{miss})"
 
 
+def _finalists_cell(r: dict) -> str:
+    """The job's whole-clip encodes of its finalists: ``x2 av1 61: 20`` (KiB of the file), ``*`` when one missed."""
+    return (
+        "; ".join(
+            f"x{w['scale']} {w['codec']} {w['crf']}: {w['bytes'] / 1024:.0f}{'' if w['met'] else '*'}"
+            for w in r.get("whole_clip", [])
+        )
+        or "-"
+    )
+
+
 def _best_full_met(r: dict) -> int | None:
     """Bytes of the smallest whole-clip full-size encode that meets the target on the sample frames."""
     met = [f["bytes"] for f in r.get("fulls", {}).values() if f["psnr"] >= r["target"]]
@@ -721,7 +733,7 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
     out = []
     for r in sorted(rows, key=lambda r: (r["target"], r["clip"])):
         if "error" in r:
-            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 14)
+            out.append([f"PSNR-Y {r['target']:g}", r["clip"], "failed: " + str(r["error"])[:60]] + [""] * 15)
             continue
         ratio = f"{r['bytes'] / r['full_bytes']:.2f}" if r.get("full_bytes") else "-"
         full = f"{r['full']} {r['full_bytes'] / 1024:.0f} KiB" if r.get("full_bytes") else "none met the target"
@@ -741,6 +753,7 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
                 f"{r['sample_bytes'] / r['full_sample_bytes']:.2f}" if r.get("full_sample_bytes") else "-",
                 *(_full_cell(r, codec) for codec in ("h264", "hevc", "av1")),
                 f"{r['bytes'] / met_full:.2f}" if met_full else "-",
+                _finalists_cell(r),
                 f"{r['seconds']:.0f}",
                 r.get("restorations", "-"),
                 f"{r['load'][0]:.1f}" if r.get("load") else "-",
@@ -753,11 +766,13 @@ def targeted_table(rows: list[dict], size: tuple[int, int], frames: int, segment
         "candidate the job measured (the codec and CRF tuned to the same target), encoded over the whole clip; "
         "H.264/HEVC/AV1 full = each codec at full size at the CRF the job tuned for it, over the whole clip, KiB "
         "(PSNR-Y on the same sample frames; * = misses the target there); / met = stored bytes over the smallest "
-        "of those that meets the target. Model runs = sample frames the job's search restored; load = the "
+        "of those that meets the target. Finalists = the job's own whole-clip encodes of its best candidates, "
+        "KiB of the file (* = missed the target; the smallest that met was stored). Model runs = sample frames "
+        "the job's search restored; load = the "
         "machine's 1-minute load average as the job's row was written."
     )
     headers = ["target", "clip", "chosen", "source KiB", "stored KiB", "saved %", "PSNR-Y", "met", "best full size"]
-    headers += ["bytes / full", "samples / full", "H.264 full", "HEVC full", "AV1 full", "/ met"]
+    headers += ["bytes / full", "samples / full", "H.264 full", "HEVC full", "AV1 full", "/ met", "finalists"]
     print(table([*headers, "job s", "model runs", "load"], out))
 
 

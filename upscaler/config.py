@@ -207,10 +207,10 @@ class Settings:
     #: A quality-targeted downscale measures this many sample segments of this many frames each.
     video_target_segments: int = 3
     video_target_segment_frames: int = 12
-    #: ... then encodes this many of the best candidates (each a scale x codec, fewest sample bytes first) over the
-    #: whole clip and keeps the smallest that meets the target: short segments are mostly key frames, and they can
-    #: rank the codecs otherwise than the whole clip does (benchmarks/bench_video.py --targeted). 1 = the first only.
-    video_target_finalists: int = 2
+    #: ... then encodes this many candidates over the whole clip (the best, then the best of each other codec) and
+    #: keeps the smallest that meets the target: short segments are mostly key frames, and they can rank the codecs
+    #: otherwise than the whole clip does (benchmarks/bench_video.py --targeted). 1 = the best only.
+    video_target_finalists: int = 3
     #: Codec of an upscaled output video (any of the stored codecs), its CRF and preset.
     video_output_codec: str = "h264"
     video_crf: int = 18

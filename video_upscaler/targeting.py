@@ -85,9 +85,12 @@ class Decision:
     restorations: int = 0  # sample frames run through the restoration (the model), all candidates together
 
     def finalists(self, count: int) -> list[Candidate]:
-        """The ``count`` best candidates, one per scale x codec, fewest sample bytes first (``chosen`` first)."""
-        rest = sorted((c for c in self.tried if c is not self.chosen), key=lambda c: c.bytes)
-        return [self.chosen, *rest][: max(1, count)]
+        """The candidates to encode over the whole clip: ``chosen``, then the best of each other codec, then the
+        rest, each group by fewest sample bytes; ``count`` of them. Codecs first, because what short segments get
+        wrong is mostly the codecs' ranking (they are mostly key frames), not the scales'."""
+        ranked = sorted(self.tried, key=lambda c: (c is not self.chosen, c.bytes))
+        firsts = [c for i, c in enumerate(ranked) if all(o.codec != c.codec for o in ranked[:i])]
+        return (firsts + [c for c in ranked if c not in firsts])[: max(1, count)]
 
     def to_dict(self) -> dict[str, Any]:
         """The job record's ``decision``: the choice, and every scale x codec's best CRF measured."""
