@@ -109,6 +109,7 @@ def test_auto_runtime_is_ncnn_without_cuda_and_bad_names_name_the_setting() -> N
     options = runtime.RuntimeOptions(gpu="off")
     assert options.resolved_runtime() == ("torch" if runtime.cpu_amx_bf16() else "ncnn")  # torch: CPU with AMX
     assert runtime.RuntimeOptions(gpu="off", precision="fp32").resolved_runtime() == "ncnn"
+    assert not runtime._cpu_flags_allow("no_such_cpu_flag")  # a CPU without AMX never imports torch to ask
     with pytest.raises(InvalidInput, match="UPSCALER_RUNTIME"):
         runtime.RuntimeOptions(runtime="tensorflow").resolved_runtime()
 

@@ -72,11 +72,24 @@ def cuda_available() -> bool:
 def cpu_amx_bf16() -> bool:
     """Whether PyTorch is installed and this CPU has AMX bf16 units, where the torch runtime's ``bf16-mixed``
     precision runs the models faster than ncnn's fp32 at the same fidelity (``benchmarks/bench_engine.py``)."""
-    if importlib.util.find_spec("torch") is None:
+    if importlib.util.find_spec("torch") is None or not _cpu_flags_allow("amx_bf16"):
         return False
     from upscaler.engine import torch_net
 
     return torch_net.cpu_has_amx_bf16()
+
+
+def _cpu_flags_allow(flag: str) -> bool:
+    """False when /proc/cpuinfo lists the CPU's flags without ``flag`` (importing torch to ask is slow and big);
+    True when it has it, or when there is no /proc/cpuinfo to read (then torch is asked)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return flag in line.split()
+    except OSError:
+        pass
+    return True
 
 
 @dataclass(frozen=True)
