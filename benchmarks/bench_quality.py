@@ -20,6 +20,10 @@ Per image, in one run (every fidelity measured on a real retrieval through the s
 * the exact tier (``exact``) on the JPEG originals and on the packages' own PNG files: bytes saved, SHA-256 equal;
 * byte budgets ``bpp:0.03/0.05/0.1/0.2``: PSNR-Y reached, next to full-size AVIF and JPEG XL within the same budget.
 
+``--models`` measures instead targeted storage with the stock models only against the same search with the
+fine-tuned models added (UPSCALER_TARGET_MODELS=span-x2-stored, issue 19): stored bytes, whether each image still
+meets the target on a retrieval, and model runs.
+
 ``--searches`` measures instead the exact search's two ways of placing its model runs, interleaved per image and
 target (A B, then B A on the next): bisection on the real retrieval (``guided=False``, the reference) against the
 guided search (bicubic's scores corrected by the model's gain; the default). Each decision starts from no encodes.
@@ -241,7 +245,65 @@ def _names(path: Path | None) -> set[str]:
 
 
 def _form(decision) -> dict:
-    return {"form": f"x{decision.form.scale:g} {decision.form.codec} q{decision.form.quality}"} | _plain(decision.form)
+    model = f" {decision.form.model}" if decision.form.model else ""
+    label = f"x{decision.form.scale:g} {decision.form.codec} q{decision.form.quality}{model}"
+    return {"form": label} | _plain(decision.form)
+
+
+def _measured(decision) -> dict:
+    """A decision's form, its model, cost and whether it meets its target (on the retrieval it measured)."""
+    return _form(decision) | {
+        "model": decision.form.model,
+        "s_per_mp": decision.seconds_per_megapixel,
+        "model_runs": decision.model_runs,
+        "met": decision.target.met(decision.form.score),
+    }
+
+
+#: The fine-tuned models ``--models`` adds to the search (UPSCALER_TARGET_MODELS).
+TUNED_MODELS = ("span-x2-stored",)
+
+
+def models(stock: S3CommonUpscaler, tuned: S3CommonUpscaler, name: str, data: bytes, targets: tuple[str, ...]) -> dict:
+    """One image: per target, the exact search with the stock models only and with :data:`TUNED_MODELS` added,
+    sharing the encodes (deterministic); each choice's fidelity is that of a real retrieval."""
+    row: dict = {"name": name, "models": {}}
+    shared: dict = {}
+    for text in targets:
+        cell = {}
+        for label, svc in (("stock", stock), ("tuned", tuned)):
+            cell[label] = _measured(svc.decide(data, text, cache=shared))
+        row["models"][text] = cell
+    return row
+
+
+def report_models(rows: list[dict]) -> None:
+    targets = [t for t in TARGETS if all(t in r["models"] for r in rows)]
+    out = []
+    for t in targets:
+        cells = [r["models"][t] for r in rows]
+        stock, tuned = [c["stock"] for c in cells], [c["tuned"] for c in cells]
+        ratios = [b["bytes"] / a["bytes"] for a, b in zip(stock, tuned, strict=True)]
+        out.append(
+            [
+                t,
+                len(cells),
+                sum(a["bytes"] for a in stock),
+                sum(b["bytes"] for b in tuned),
+                sum(b["bytes"] for b in tuned) / sum(a["bytes"] for a in stock),
+                min(ratios),
+                max(ratios),
+                sum(bool(b["model"]) for b in tuned),
+                f"{sum(a['met'] for a in stock)}/{sum(b['met'] for b in tuned)}",
+                statistics.mean(a["model_runs"] for a in stock),
+                statistics.mean(b["model_runs"] for b in tuned),
+            ]
+        )
+    print(f"\nTargeted storage with the fine-tuned models added to the search ({', '.join(TUNED_MODELS)}), per target:")
+    print("stored bytes of the exact search's choice with the stock models only and with them added; 'chose tuned' =")
+    print("images whose chosen form restores with a fine-tuned model; met = images meeting the target on a retrieval")
+    headers = ["target", "images", "stock bytes", "with tuned", "ratio", "best image", "worst image"]
+    print(table([*headers, "chose tuned", "met stock/tuned", "model runs stock", "model runs tuned"], out))
 
 
 def _plain(form) -> dict:
@@ -394,12 +456,7 @@ def searches(svc: S3CommonUpscaler, name: str, data: bytes, targets: tuple[str, 
         cell = {}
         order = (False, True) if (j + flip) % 2 == 0 else (True, False)
         for guided in order:
-            decision = svc.decide(data, text, guided=guided)
-            cell["guided" if guided else "bisected"] = _form(decision) | {
-                "s_per_mp": decision.seconds_per_megapixel,
-                "model_runs": decision.model_runs,
-                "met": decision.target.met(decision.form.score),
-            }
+            cell["guided" if guided else "bisected"] = _measured(svc.decide(data, text, guided=guided))
         row["searches"][text] = cell
     return row
 
@@ -471,6 +528,11 @@ def main() -> None:
     )
     parser.add_argument("--also", type=Path, help="another run's results file: images already there are skipped")
     parser.add_argument(
+        "--models",
+        action="store_true",
+        help="stock models vs the fine-tuned ones added to the search (results: bench_quality_models.jsonl)",
+    )
+    parser.add_argument(
         "--searches",
         action="store_true",
         help="guided vs bisected exact search instead (default results file bench_quality_searches.jsonl)",
@@ -478,10 +540,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.searches and args.out == RESULTS / "bench_quality.jsonl":
         args.out = RESULTS / "bench_quality_searches.jsonl"
+    if args.models and args.out == RESULTS / "bench_quality.jsonl":
+        args.out = RESULTS / "bench_quality_models.jsonl"
     if args.report:
         lines = [json.loads(x) for path in args.report for x in path.read_text().splitlines() if x.strip()]
         if any("searches" in x for x in lines):
             report_searches(list({x["name"]: x for x in lines if "searches" in x}.values()))
+        if any("models" in x for x in lines):
+            report_models(list({x["name"]: x for x in lines if "models" in x}.values()))
         rows = list({x["name"]: x for x in lines if "targets" in x}.values())
         if rows:
             report(rows, next((x["source"] for x in lines if "source" in x), "?"))
@@ -499,11 +565,20 @@ def main() -> None:
         if not done:
             sink.write(json.dumps({"source": source}) + "\n")
         svc = S3CommonUpscaler(LocalFolderStore(Path(tmp)), open_provider(settings, engine), engine, settings)
+        with_tuned = settings.replace(target_models=TUNED_MODELS)
+        tuned = S3CommonUpscaler(LocalFolderStore(Path(tmp)), open_provider(with_tuned, engine), engine, with_tuned)
         order = list(enumerate(picked))
         for i, (name, kind, data) in reversed(order) if args.reverse else order:
             if name in done | _names(args.also):
                 continue
             start = time.perf_counter()
+            if args.models:
+                row = models(svc, tuned, name, data, targets)
+                row["seconds"] = time.perf_counter() - start
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                print(f"[{i + 1}/{len(picked)}] {name}: {row['seconds']:.0f} s", flush=True)
+                continue
             if args.searches:
                 row = searches(svc, name, data, targets, flip=bool(i % 2))
                 row["seconds"] = time.perf_counter() - start
@@ -525,6 +600,8 @@ def main() -> None:
     lines = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
     if args.searches:
         report_searches([x for x in lines if "searches" in x])
+    elif args.models:
+        report_models([x for x in lines if "models" in x])
     else:
         report([x for x in lines if "targets" in x], source)
 

@@ -266,3 +266,61 @@ def test_the_plan_command_skips_objects_this_service_stored(tmp_path, capsys, mo
         assert main(["plan", "psnr:33", "s3://archive/in/"]) == 0
         out = capsys.readouterr().out
         assert "over 1 images (0 failed, 1 already stored forms skipped)" in out, out
+
+
+def test_a_model_candidate_wins_where_it_restores_better_and_its_form_names_it() -> None:
+    """Each downscaled lossy form is tried again with every extra model; a model that restores the same stored bytes
+    better reaches the target at a lower quality, so its form is smaller and chosen, and names its model."""
+    from skimage import data
+
+    from upscaler.quality import choose_form, with_models
+
+    original = data.astronaut()[:128, 100:228]
+    engine = Engine(Settings.from_env({}, ncnn_threads=2))
+    small = engine.downscale(original, 2.0)
+
+    def encode(scale: float, codec: str, quality: int) -> bytes:
+        return bytes(media.encode_stored(small, codec, quality))
+
+    seen: list[str] = []
+
+    def restore(scale: float, stored: bytes, model: str = "") -> np.ndarray:
+        seen.append(model)
+        big = np.asarray(engine.upscale(media.decode_stored(stored), size=(128, 128), model="bicubic"), np.float32)
+        if model == "closer":  # "restores" halfway to the original: better than bicubic on the same bytes
+            big = (big + original) / 2
+        return np.round(big).astype(np.uint8)
+
+    forms = with_models((Candidate(2.0, "avif"),), {2.0: ("closer",), 4.0: ("never-used",)})
+    assert forms == (Candidate(2.0, "avif"), Candidate(2.0, "avif", "closer"))
+    goal = Target.parse("psnr:33")
+    plain = choose_form(original, b"x" * 10**6, goal, encode, restore, forms=forms[:1], keep_original=False)
+    both = choose_form(original, b"x" * 10**6, goal, encode, restore, forms=forms, keep_original=False)
+    assert both.form.model == "closer" and both.form.bytes < plain.form.bytes and goal.met(both.form.score)
+    assert both.describe()["model"] == "closer" and "model" not in plain.describe()
+    assert set(seen) == {"", "closer"}
+
+
+def test_target_models_are_searched_and_the_record_restores_with_the_chosen_one(tmp_path) -> None:
+    """UPSCALER_TARGET_MODELS adds the fine-tuned ×2 model to the search; whatever it chooses, the record names the
+    model its fidelity was measured with and a retrieval gives back exactly that fidelity."""
+    settings = Settings.from_env({}, ncnn_threads=2, target_models=("span-x2-stored",), default_scale=2)
+    engine = Engine(settings)
+    service = S3CommonUpscaler(LocalFolderStore(tmp_path), open_provider(settings, engine), engine, settings)
+    original = _images()["photo.jpg"]
+    forms = (Candidate(2.0, "avif"),)
+    plain = service.decide(original, "psnr:30", model="span", forms=forms)
+    searched = service.decide(original, "psnr:30", forms=forms)
+    assert searched.model_runs > plain.model_runs and searched.form.model in ("", "span-x2-stored")
+    assert searched.form.bytes <= plain.form.bytes
+    stored = service.store_image(original, bucket="media", key="m.jpg", target="psnr:30")
+    record = service.record("media", "m.jpg")
+    back = service.retrieve_image(bucket="media", key="m.jpg")
+    score = metrics.psnr(Image.open(io.BytesIO(original)), Image.open(io.BytesIO(back.data)))
+    assert score == pytest.approx(stored.to_dict()["decision"]["fidelity"], abs=1e-3)
+    assert record.model == (stored.to_dict()["decision"].get("model") or "")
+    with pytest.raises(InvalidInput, match="UPSCALER_TARGET_MODELS"):
+        broken = settings.replace(target_models=("no-such-model",))
+        S3CommonUpscaler(LocalFolderStore(tmp_path), open_provider(broken, engine), engine, broken).decide(
+            original, "psnr:30"
+        )

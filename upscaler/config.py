@@ -61,6 +61,10 @@ class Settings:
     max_input_megapixels: float = 50.0
     #: Model used when a request names none.
     default_model: str = "span"
+    #: Models a quality-targeted store also tries on each downscaled form, at their own scale (for example
+    #: span-x2-stored, fine-tuned on stored forms): the smallest form meeting the target wins, and its record names
+    #: the model that restores it. Each one adds model runs to the search.
+    target_models: tuple[str, ...] = ()
     #: Default factor for downscaling on store.
     default_scale: int = 4
 

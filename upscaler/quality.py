@@ -55,17 +55,27 @@ QUALITIES = (1, 100)  # integer qualities searched, inclusive
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to store the image: a scale and a stored codec (``jxl-jpeg``: the JPEG file recompressed)."""
+    """One way to store the image: a scale and a stored codec (``jxl-jpeg``: the JPEG file recompressed), and for a
+    downscaled form the model that restores it ("": the restorer's own, the default)."""
 
     scale: float
     codec: str
+    model: str = ""
 
     @property
     def lossy(self) -> bool:
         return self.codec not in LOSSLESS and self.codec != "jxl-jpeg"
 
     def __str__(self) -> str:
-        return f"x{self.scale:g} {self.codec}"
+        return f"x{self.scale:g} {self.codec}" + (f" {self.model}" if self.model else "")
+
+
+def with_models(forms: tuple[Candidate, ...], models: dict[float, tuple[str, ...]]) -> tuple[Candidate, ...]:
+    """``forms`` and, after them, each downscaled lossy form again for every model in ``models[scale]``: the same
+    stored bytes restored another way (a model fine-tuned on stored forms, issue 19). Their forms name the model,
+    and the stored record keeps it, so an object restores with the model its form was measured with."""
+    extra = [Candidate(c.scale, c.codec, m) for c in forms if c.scale > 1 and c.lossy for m in models.get(c.scale, ())]
+    return (*forms, *(c for c in extra if c not in forms))
 
 
 LOSSLESS = ("jxl-lossless", "webp-lossless", "png")
@@ -152,6 +162,7 @@ class Form:
     quality: int
     data: bytes = field(repr=False)
     score: float
+    model: str = ""  # the model it was restored with ("": the restorer's default)
 
     @property
     def bytes(self) -> int:
@@ -180,6 +191,7 @@ class Decision:
             "scale": self.form.scale,
             "codec": self.form.codec,
             "quality": self.form.quality,
+            **({"model": self.form.model} if self.form.model else {}),
             "bytes": self.form.bytes,
             "fidelity": None if math.isinf(self.form.score) else round(self.form.score, 4),
             "search": self.target.search,
@@ -193,8 +205,9 @@ class Decision:
 #: encode(scale, codec, quality) -> stored bytes of that form (the downscale is the caller's, cached per scale);
 #: codec "jxl-jpeg" is the original JPEG file recompressed (quality ignored)
 Encoder = Callable[[float, str, int], bytes]
-#: restore(scale, stored bytes) -> the image the user would get back (decoded), at the original's size
-Restorer = Callable[[float, bytes], ImageLike]
+#: restore(scale, stored bytes) -> the image the user would get back (decoded), at the original's size; a search
+#: with model candidates (:func:`with_models`) also calls restore(scale, stored bytes, model)
+Restorer = Callable[..., ImageLike]
 #: restore_file(scale, stored bytes) -> the file the user would get back (for the ``exact`` target)
 FileRestorer = Callable[[float, bytes], bytes]
 
@@ -245,31 +258,31 @@ _GAIN_GUESS = {"psnr": 1.0, "ssim": 0.01}
 
 
 def _fast(exact: _Search, proxy: Restorer) -> Decision:
-    """Search with ``proxy`` (bicubic) in place of the model, the model's gain over it measured once per scale, then
+    """Search with ``proxy`` (bicubic) in place of the model, each model's gain over it measured once per scale, then
     check the choice with one real retrieval (see the module notes); the exact search runs on if it misses."""
     guess = _Search(
         exact.original, exact.original_bytes, exact.target, exact.encode, proxy, exact.forms, exact.prune,
         exact.keep_original, real=exact.restore, cache=exact.cache,
     )  # fmt: skip
-    for scale in sorted({c.scale for c in exact.forms if c.scale > 1 and c.lossy}):
-        c = next(c for c in exact.forms if c.scale == scale and c.lossy)
+    for scale, model in sorted({(c.scale, c.model) for c in exact.forms if c.scale > 1 and c.lossy}):
+        c = next(c for c in exact.forms if (c.scale, c.model) == (scale, model) and c.lossy)
         near = guess.lowest(c, shift=_GAIN_GUESS[exact.target.metric], bounded=False)
         quality = near.quality if near is not None else 90
         bicubic = guess.measure(c, quality)
-        guess.shift[scale] = max(0.0, _gain(guess.measure(c, quality, real=True), bicubic))
+        guess.shift[scale, model] = max(0.0, _gain(guess.measure(c, quality, real=True), bicubic))
     verified: Form | None = None
     for _ in range(3):  # a check that shows another gain than assumed corrects it and searches again
         form = guess.run().form
         if form.scale == 1:
             verified = form if verified is None or form.bytes < verified.bytes else verified
             break
-        checked = guess.measure(Candidate(form.scale, form.codec), form.quality, real=True)
+        checked = guess.measure(Candidate(form.scale, form.codec, form.model), form.quality, real=True)
         if exact.target.met(checked.score) and (verified is None or checked.bytes < verified.bytes):
             verified = checked
         gain = _gain(checked, form)
-        if abs(gain - guess.shift.get(form.scale, 0.0)) <= 1e-6:
+        if abs(gain - guess.shift.get((form.scale, form.model), 0.0)) <= 1e-6:
             break
-        guess.shift[form.scale] = gain
+        guess.shift[form.scale, form.model] = gain
     if verified is not None:
         return guess.decision(verified)
     exact.tried[:0], exact.model_runs = guess.tried, guess.model_runs
@@ -307,8 +320,9 @@ class _Search:
         self.guide_scores: dict[tuple[float, bytes], float] = {}
         self.forms, self.prune, self.keep_original = forms, prune, keep_original
         self.cache: dict[tuple[float, str, int], bytes] = {} if cache is None else cache
-        self.scores: dict[tuple[float, bytes, bool], float] = {}  # by the stored bytes: qualities that encode alike
-        # (libavif gives the same file for neighbouring low qualities) are restored once
+        # by scale, model and the stored bytes: qualities that encode alike (libavif gives the same file for
+        # neighbouring low qualities) are restored once
+        self.scores: dict[tuple[float, str, bytes, bool], float] = {}
         self.tried: list[tuple[float, str, int, int, float]] = []
         self.model_runs = 0
         self.best_of: dict[str, Form] = {}
@@ -316,8 +330,9 @@ class _Search:
         self.megapixels = width * height / 1e6
         self.initial = Form(1.0, "original", 0, original_bytes, math.inf) if keep_original else None
         self.best = self.initial
-        #: Per scale, what the real retrieval adds to this search's (proxy) scores: forms pass at target - shift.
-        self.shift: dict[float, float] = {}
+        #: Per scale and model, what the real retrieval adds to this search's (proxy) scores: forms pass at
+        #: target - shift.
+        self.shift: dict[tuple[float, str], float] = {}
 
     # ---- pieces ------------------------------------------------------------------------------------------
     def blob(self, c: Candidate, quality: int) -> bytes:
@@ -332,20 +347,23 @@ class _Search:
         restore = self.real if real and self.real is not None else self.restore
         quality = quality if c.lossy else 100
         data = self.blob(c, quality)
-        key = (c.scale, hashlib.blake2b(data, digest_size=16).digest(), restore is self.restore)
+        model_run = c.scale > 1 and (real or self.real is None)
+        model = c.model if model_run else ""  # a proxy (bicubic) restores every model's form alike
+        key = (c.scale, model, hashlib.blake2b(data, digest_size=16).digest(), restore is self.restore)
         if key not in self.scores:
-            if c.scale > 1 and (real or self.real is None):
+            if model_run:
                 self.model_runs += 1
-            self.scores[key] = self.target.score(self.original, restore(c.scale, data))
+            restored = restore(c.scale, data, model) if model else restore(c.scale, data)
+            self.scores[key] = self.target.score(self.original, restored)
             self.tried.append((c.scale, c.codec, quality, len(data), self.scores[key]))
-        return Form(c.scale, c.codec, quality, data, self.scores[key])
+        return Form(c.scale, c.codec, quality, data, self.scores[key], c.model)
 
     def bound(self) -> int:
         """Forms of this many bytes or more cannot win."""
         return self.best.bytes if self.prune and self.best is not None else 1 << 62
 
     def meets(self, form: Form) -> bool:
-        return self.target.met(form.score + self.shift.get(form.scale, 0.0))
+        return self.target.met(form.score + self.shift.get((form.scale, form.model), 0.0))
 
     def consider(self, c: Candidate, form: Form | None) -> None:
         if form is None or not self.meets(form):
@@ -364,7 +382,7 @@ class _Search:
         Downscaled candidates (a model run per measure) are first probed at the highest quality still smaller
         than the best form so far, found from the bytes alone by bisection on encodes: if even that misses, no
         quality of this candidate can win, and one retrieval pruned it. Then the qualities below are bisected."""
-        goal = self.target.value - (self.shift.get(c.scale, 0.0) if shift is None else shift)
+        goal = self.target.value - (self.shift.get((c.scale, c.model), 0.0) if shift is None else shift)
         limit = self.bound() if bounded else 1 << 62
         lo, hi, found = QUALITIES[0], QUALITIES[1], None
         if c.scale > 1:

@@ -18,10 +18,10 @@ from typing import Any
 from upscaler import media
 from upscaler.backpressure import WorkSlots
 from upscaler.config import Settings
-from upscaler.engine import Engine, downscale_size
+from upscaler.engine import Engine, downscale_size, registry
 from upscaler.errors import Conflict, Forbidden, InvalidInput, UndecodableImage
 from upscaler.providers import UpscaleProvider
-from upscaler.quality import Decision, Target, choose_form
+from upscaler.quality import FORMS, Decision, Target, choose_form, with_models
 from upscaler.store import ObjectStore
 from upscaler.store.keys import validate_bucket, validate_key
 
@@ -158,6 +158,7 @@ class S3CommonUpscaler:
             else:
                 decision = self._choose(data, decoded.pixels, record, goal)
                 scale, quality, blob = decision.form.scale, decision.form.quality, decision.form.data
+                record.model = decision.form.model or record.model  # the model its fidelity was measured with
                 width, height = (
                     (record.width, record.height) if scale == 1 else downscale_size(record.width, record.height, scale)
                 )
@@ -220,21 +221,24 @@ class S3CommonUpscaler:
                 smalls[scale] = self.engine.downscale(pixels, scale) if scale > 1 else pixels
             return media.encode_stored(smalls[scale], codec, quality, speed=speed, effort=effort)
 
-        def restorer(upscale: Callable[..., object]) -> Callable[[float, bytes], bytes]:
-            def restore_file(scale: float, stored: bytes) -> bytes:  # what retrieve_image answers
+        def restorer(upscale: Callable[..., object]) -> Callable[..., bytes]:
+            def restore_file(scale: float, stored: bytes, *other: str) -> bytes:  # what retrieve_image answers
                 small = media.decode_stored(stored)
                 size = (record.width, record.height)
-                big = small if _dimensions(small) == size else upscale(small, size=size)  # full size: no model
+                big = small if _dimensions(small) == size else upscale(small, size, *other)  # full size: no model
                 return media.encode_restored(big, record)[0]
 
             return restore_file
 
-        real = restorer(lambda small, size: self.provider.upscale(small, size=size, model=model))
+        real = restorer(lambda small, size, other="": self.provider.upscale(small, size=size, model=other or model))
         bicubic = restorer(lambda small, size: self.engine.upscale(small, size=size, model="bicubic"))  # fast search
 
-        def pixels_of(restore_file: Callable[[float, bytes], bytes]) -> Callable[[float, bytes], object]:
-            return lambda scale, stored: media.decode(restore_file(scale, stored), self.limits).pixels
+        def pixels_of(restore_file: Callable[..., bytes]) -> Callable[..., object]:
+            return lambda scale, stored, *other: media.decode(restore_file(scale, stored, *other), self.limits).pixels
 
+        forms = search.pop("forms", FORMS)
+        if model is None:  # a request that names its model is restored with that one only
+            forms = with_models(forms, self._target_models())
         return choose_form(
             pixels,  # type: ignore[arg-type]
             data,
@@ -243,8 +247,19 @@ class S3CommonUpscaler:
             pixels_of(real),  # type: ignore[arg-type]
             proxy=pixels_of(bicubic),  # type: ignore[arg-type]
             restore_file=real,
+            forms=forms,
             **search,
         )
+
+    def _target_models(self) -> dict[float, tuple[str, ...]]:
+        """UPSCALER_TARGET_MODELS by the scale each serves natively (the only scale it is tried at)."""
+        by_scale: dict[float, tuple[str, ...]] = {}
+        for name in self.settings.target_models:
+            spec = registry.MODELS.get(name)
+            if spec is None or not spec.is_network:
+                raise InvalidInput(f"UPSCALER_TARGET_MODELS names {name!r}, not a model: {registry.model_names()}")
+            by_scale[float(spec.scale)] = (*by_scale.get(float(spec.scale), ()), spec.name)
+        return by_scale
 
     # ---- retrieve ----------------------------------------------------------------------------------------
     def record(self, bucket: str | None, key: str) -> media.ImageRecord:
