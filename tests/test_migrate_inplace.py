@@ -166,7 +166,9 @@ def test_in_place_on_a_folder_store_loses_no_original_when_killed_between_steps(
     assert set(held.values()) == {"original"}
     assert _state(jobs, chunk, "archive/alpha/a0.png")["step"] == migrate.KEPT
 
-    # the next worker takes a0 over once its claim ran out; killed after writing g0, before verifying it
+    # the next worker takes a0 over once its claim ran out (waited for: on a quiet machine the next worker started
+    # within the second and found a0 still claimed); killed after writing g0, before verifying it
+    time.sleep(float(env["UPSCALER_MIGRATE_CLAIM_SECONDS"]) + 0.5)
     _crash(env, chunk, "after", "media", "archive/graphics/g0.png")
     held = _nothing_lost(service.store, files, src, keep, jobs, chunk)
     assert held["graphics/g0.png"] == "stored form" and held["photos/p00.jpg"] == "original"
