@@ -312,12 +312,18 @@ def test_an_encoder_missing_from_this_build_is_named() -> None:
             del CODECS["av1-aom"]
 
 
-def test_a_targeted_job_chooses_its_form_and_meets_the_target_on_retrieval(setup) -> None:
-    store, jobs, queue, worker, tmp = setup
+def _targeted(setup, key: str, target: str = "psnr:30") -> tuple[Path, Job]:
+    """A 10-frame 96x64 clip put at ``media/<key>`` and a targeted downscale job for it, submitted."""
+    store, jobs, queue, _worker, tmp = setup
     clip = tmp / "clip.mp4"
     make_clip(clip, frames=10, size=(96, 64))
-    store.put_file("media", "t.mp4", clip, metadata={}, content_type="video/mp4")
-    down = submit(jobs, queue, Job(method="downscale", video="s3://media/t.mp4", target="psnr:30"))
+    store.put_file("media", key, clip, metadata={}, content_type="video/mp4")
+    return clip, submit(jobs, queue, Job(method="downscale", video=f"s3://media/{key}", target=target))
+
+
+def test_a_targeted_job_chooses_its_form_and_meets_the_target_on_retrieval(setup) -> None:
+    store, jobs, queue, worker, tmp = setup
+    clip, down = _targeted(setup, "t.mp4")
     _run_one(queue, worker)
     done = jobs.get(down.id)
     assert done.status == COMPLETED, done.error
@@ -413,11 +419,8 @@ def test_a_whole_clip_that_misses_its_target_is_encoded_again_and_the_last_encod
     """The sample segments chose a CRF the whole clip misses: it is encoded again at CRF -2, then -4 more, ...,
     and the fidelity the job reports is the stored clip's. It used to stop after the third re-encode without
     checking it, reporting the second one's miss (met: false) for a clip nobody had measured."""
-    store, jobs, queue, worker, tmp = setup
-    clip = tmp / "clip.mp4"
-    make_clip(clip, frames=10, size=(96, 64))
-    store.put_file("media", "m.mp4", clip, metadata={}, content_type="video/mp4")
-    job = submit(jobs, queue, Job(method="downscale", video="s3://media/m.mp4", target="psnr:30"))
+    _store, jobs, queue, worker, _tmp = setup
+    _clip, job = _targeted(setup, "m.mp4")
     verify, seen = worker._verify, []
 
     def misses_twice(*args, **kwargs):
@@ -438,10 +441,7 @@ def test_a_finalist_that_misses_over_the_whole_clip_loses_to_one_that_meets_it(s
     """The best candidate of each codec is encoded over the whole clip. When the smallest on the samples misses the
     target there (every re-encode too), the smallest of the others is stored, and the record says which and why."""
     store, jobs, queue, worker, tmp = setup
-    clip = tmp / "clip.mp4"
-    make_clip(clip, frames=10, size=(96, 64))
-    store.put_file("media", "f.mp4", clip, metadata={}, content_type="video/mp4")
-    job = submit(jobs, queue, Job(method="downscale", video="s3://media/f.mp4", target="psnr:30"))
+    _clip, job = _targeted(setup, "f.mp4")
     verify, forms = worker._verify, []
 
     def first_never_meets(job, target, samples, stored, info):
