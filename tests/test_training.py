@@ -107,17 +107,21 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ["--data", str(tmp_path / "data"), "--run", str(run), "--batch", "2", "--patch", "16"]
     common += ["--val-every", "2", "--save-every", "2", "--quiet", "--threads", "1", "--warmup", "1"]
-    assert train.main([*common, "--steps", "3"]) == 0
+    assert train.main([*common, "--steps", "3", "--precision", "fp32"]) == 0
     state = torch.load(run / "last.pt", weights_only=False)
     assert state["step"] == 3
     summary = json.loads((run / "summary.json").read_text())
+    assert (summary["device"], summary["precision"]) == ("cpu", "fp32")
     assert [h["step"] for h in summary["history"] if "val" in h] == [0, 2, 3]
     assert all(math.isfinite(h["loss"]) for h in summary["history"] if "loss" in h)
     stock = train.stock_module(2).state_dict()
     assert any(not torch.equal(stock[k], v) for k, v in state["model"].items())  # the weights moved
-    assert train.main([*common, "--steps", "5", "--resume"]) == 0
+    assert train.main([*common, "--steps", "5", "--resume", "--precision", "bf16"]) == 0  # mixed precision goes on
     resumed = torch.load(run / "last.pt", weights_only=False)
     assert resumed["step"] == 5 and resumed["history"][: len(state["history"])] == state["history"]
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in resumed["model"].values())  # the weights themselves stay fp32
+    assert all(math.isfinite(h["loss"]) for h in resumed["history"] if "loss" in h)
 
     # export: the stock weights round-trip to the very bytes shipped; the trained ones load in every runtime
     _, stock_bin = export.export(stock, 2, tmp_path / "stock")

@@ -9,6 +9,12 @@ export back to an ncnn ``.bin`` (:mod:`training.export`). Loss: Charbonnier on R
 plain L1); Adam with a cosine-decayed learning rate; random LR patches (``--patch`` px, HR patch ``patch x scale``)
 with flips and 90-degree turns, drawn uniformly over the training pairs of every codec and quality.
 
+``--precision bf16`` (the default on a CPU with AMX and on a CUDA GPU that has bf16) runs the forward and backward
+passes under ``torch.autocast`` in bfloat16, the weights, the optimiser and the loss staying fp32 (mixed
+precision). On this project's 2-core Sapphire Rapids CPU a step (batch 8, LR patches of 48 px, x2) took 0.52 of
+its fp32 time (0.16 s against 0.30 s, interleaved). ``--device cuda`` trains on a GPU (``auto`` picks one when
+PyTorch sees it).
+
 Every ``--val-every`` steps (and at step 0, which scores the stock weights) the held-out split of the dataset is
 scored: PSNR-Y with BasicSR's conventions (BT.601 Y, ``scale`` pixels cropped; :func:`upscaler.metrics.psnr`) on a
 fixed centre crop of each validation pair, next to bicubic on the same stored pixels. A checkpoint
@@ -115,7 +121,8 @@ def validate(module: torch.nn.Module, pairs: list[Loaded], scale: int, side: int
         lr = _centre(item.lr, side)
         hr = _centre(item.hr, side, scale)[: lr.shape[0] * scale, : lr.shape[1] * scale]
         x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float().div_(255.0)
-        y = module(x)[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
+        x = x.to(next(module.parameters()).device)
+        y = module(x)[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
         up = np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.Resampling.BICUBIC))
         model_scores.append(psnr(hr, y, crop_border=scale))
         bicubic_scores.append(psnr(hr, up, crop_border=scale))
@@ -150,11 +157,29 @@ def _lr_at(step: int, args: argparse.Namespace, time_done: float = 0.0) -> float
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _device_and_precision(args: argparse.Namespace) -> tuple[torch.device, str]:
+    """The device and training precision ``--device``/``--precision`` stand for here."""
+    from upscaler.engine.torch_net import cpu_has_amx_bf16
+
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA GPU here; pass --device cpu")
+    device = torch.device(name)
+    precision = args.precision
+    if precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_amx_bf16()
+        precision = "bf16" if bf16 else "fp32"
+    return device, precision
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) a fine-tuning run; returns its summary (also written to ``<run>/summary.json``)."""
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
+    device, precision = _device_and_precision(args)
     args.run.mkdir(parents=True, exist_ok=True)
     train_pairs = load_pairs(args.data, args.scale, "train")
     val_pairs = load_pairs(args.data, args.scale, "val")
@@ -162,7 +187,7 @@ def train(args: argparse.Namespace) -> dict:
         val_pairs = val_pairs[:: math.ceil(len(val_pairs) / args.val_limit)]
     if not train_pairs:
         raise SystemExit(f"no x{args.scale} training pairs in {args.data} (python -m training.data)")
-    module = stock_module(args.scale).train()
+    module = stock_module(args.scale).to(device).train()
     opt = torch.optim.Adam(module.parameters(), lr=args.lr, betas=(0.9, 0.99))
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
@@ -170,7 +195,7 @@ def train(args: argparse.Namespace) -> dict:
     step = 0
     last = args.run / "last.pt"
     if args.resume and last.is_file():
-        state = torch.load(last, weights_only=False)
+        state = torch.load(last, weights_only=False, map_location=device)
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
@@ -201,7 +226,10 @@ def train(args: argparse.Namespace) -> dict:
         for group in opt.param_groups:
             group["lr"] = rate
         lr_t, hr_t = sample_batch(train_pairs, args.batch, args.patch, args.scale, rng)
-        loss = loss_fn(module(lr_t), hr_t)
+        lr_t, hr_t = lr_t.to(device), hr_t.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = module(lr_t)
+        loss = loss_fn(pred.float(), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,6 +263,8 @@ def train(args: argparse.Namespace) -> dict:
         "patch": args.patch,
         "loss": args.loss,
         "lr": args.lr,
+        "device": device.type,
+        "precision": precision,
         "train_pairs": len(train_pairs),
         "val_pairs": len(val_pairs),
         "train_images": len({p.pair.image for p in train_pairs}),
@@ -260,6 +290,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--loss", choices=("charbonnier", "l1"), default="charbonnier")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a CUDA GPU if one is seen")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16: mixed precision (autocast; fp32 weights and loss); auto: bf16 on an AMX CPU or a bf16 GPU",
+    )
     p.add_argument("--seed", type=int, default=19)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--val-every", type=int, default=250)
