@@ -58,7 +58,7 @@ from _photos import table
 
 from upscaler import media
 from upscaler.config import Settings
-from upscaler.engine import Engine
+from upscaler.engine import Engine, registry
 from upscaler.errors import InvalidInput
 from upscaler.providers import open_provider
 from upscaler.quality import Candidate, Target, choose_form
@@ -260,8 +260,8 @@ def _measured(decision) -> dict:
     }
 
 
-#: The fine-tuned models ``--models`` adds to the search (UPSCALER_TARGET_MODELS).
-TUNED_MODELS = ("span-x2-stored",)
+#: The fine-tuned models ``--models`` adds to the search (UPSCALER_TARGET_MODELS): every one the registry lists.
+TUNED_MODELS = tuple(name for name, spec in registry.MODELS.items() if spec.family == "span-stored")
 
 
 def models(stock: S3CommonUpscaler, tuned: S3CommonUpscaler, name: str, data: bytes, targets: tuple[str, ...]) -> dict:
@@ -284,6 +284,7 @@ def report_models(rows: list[dict]) -> None:
         cells = [r["models"][t] for r in rows]
         stock, tuned = [c["stock"] for c in cells], [c["tuned"] for c in cells]
         ratios = [b["bytes"] / a["bytes"] for a, b in zip(stock, tuned, strict=True)]
+        chose = [b["model"] for b in tuned if b["model"]]
         out.append(
             [
                 t,
@@ -291,9 +292,10 @@ def report_models(rows: list[dict]) -> None:
                 sum(a["bytes"] for a in stock),
                 sum(b["bytes"] for b in tuned),
                 sum(b["bytes"] for b in tuned) / sum(a["bytes"] for a in stock),
+                statistics.median(ratios),
                 min(ratios),
                 max(ratios),
-                sum(bool(b["model"]) for b in tuned),
+                ", ".join(f"{m} {chose.count(m)}" for m in sorted(set(chose))) or "0",
                 f"{sum(a['met'] for a in stock)}/{sum(b['met'] for b in tuned)}",
                 statistics.mean(a["model_runs"] for a in stock),
                 statistics.mean(b["model_runs"] for b in tuned),
@@ -302,7 +304,9 @@ def report_models(rows: list[dict]) -> None:
     print(f"\nTargeted storage with the fine-tuned models added to the search ({', '.join(TUNED_MODELS)}), per target:")
     print("stored bytes of the exact search's choice with the stock models only and with them added; 'chose tuned' =")
     print("images whose chosen form restores with a fine-tuned model; met = images meeting the target on a retrieval")
-    headers = ["target", "images", "stock bytes", "with tuned", "ratio", "best image", "worst image"]
+    print("ratio = total bytes with / without them (the largest images weigh most); median image = the per-image")
+    print("ratio's median, each image an object stored for itself")
+    headers = ["target", "images", "stock bytes", "with tuned", "ratio", "median image", "best image", "worst image"]
     print(table([*headers, "chose tuned", "met stock/tuned", "model runs stock", "model runs tuned"], out))
 
 

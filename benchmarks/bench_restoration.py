@@ -1,6 +1,7 @@
 """Fine-tuned SPAN against stock SPAN, bicubic and full-size codecs at equal bytes, on held-out images (issue 19).
 
     .venv/bin/python benchmarks/bench_restoration.py [--limit 20] [--qualities 30,50,70,85] [--model span-x2-stored]
+    .venv/bin/python benchmarks/bench_restoration.py --model span-x4-stored --out results/restoration_x4.jsonl
     .venv/bin/python benchmarks/bench_restoration.py --report benchmarks/results/restoration.jsonl
 
 Images: the held-out Debian wallpaper packages (``mate-backgrounds``, ``ukui-wallpapers``; never trained on — see
@@ -10,16 +11,17 @@ resized image itself (lossless).
 
 Per image, in one run, everything on the same stored bytes:
 
-* the service's x2 form: :func:`upscaler.engine.downscale` (antialiased bicubic), :func:`upscaler.media.encode_stored`
+* the service's downscaled form at the fine-tuned model's scale (x2 or x4; below for x2):
+  :func:`upscaler.engine.downscale` (antialiased bicubic), :func:`upscaler.media.encode_stored`
   with ``--codec`` (``avif``: 4:4:4, the fixed store's chroma) at each of ``--qualities``, decoded with
   :func:`upscaler.media.decode_stored`, then restored to full size by the engine (ncnn, as the service runs it)
-  with bicubic, the stock model (``span-x2``) and the fine-tuned one (``--model``); the two models alternate
-  which runs first, and each run is timed (same architecture: the cost per output MP should be equal);
+  with bicubic, the stock model (``span-x2``, ``span-x4``) and the fine-tuned one (``--model``); the two models
+  alternate which runs first, and each run is timed (same architecture: the cost per output MP should be equal);
 * full-size AVIF 4:2:0 and JPEG XL (the service's encoders) at a ladder of qualities, scored on their own decode,
-  and interpolated in log(bytes) to each x2 form's byte count (no extrapolation: outside the ladder -> absent).
+  and interpolated in log(bytes) to each downscaled form's byte count (no extrapolation: outside the ladder -> absent).
 
 Scores: PSNR-Y and SSIM-Y with BasicSR's conventions (:mod:`upscaler.metrics`: BT.601 Y, ``crop_border`` = the
-scale, 2, for every method alike). Results go to a JSON-lines file (resumable); the tables are printed at the end.
+scale, for every method alike). Results go to a JSON-lines file (resumable); the tables are printed at the end.
 ``--full-only`` measures the full-size ladders alone into ``--full-cache`` (a main run then reuses them: the
 encoders are deterministic, so the bytes and scores are the same as measuring them again; the report says so).
 """
@@ -45,14 +47,19 @@ from bench_quality import PACKAGES, _megapixels, _package_files, _resized
 
 from upscaler import media
 from upscaler.config import Settings
-from upscaler.engine import Engine
+from upscaler.engine import Engine, registry
 from upscaler.metrics import psnr, ssim
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LADDER = (2, 8, 16, 26, 36, 48, 60, 72, 84, 94)
 FULL_CODECS = ("avif-420", "jxl")
-BANDS = ((0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.4))
-SCALE = 2
+BANDS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.4))
+
+
+def stock_of(model: str) -> tuple[str, int]:
+    """The stock model a fine-tuned ``model`` started from, and its scale."""
+    scale = registry.MODELS[model].scale
+    return f"span-x{scale}", scale
 
 
 def held_out(limit: int) -> list[Path]:
@@ -65,43 +72,45 @@ def held_out(limit: int) -> list[Path]:
     return picked
 
 
-def _scores(ref: Image.Image, out: object) -> dict[str, float]:
-    return {"psnr": psnr(ref, out, crop_border=SCALE), "ssim": ssim(ref, out, crop_border=SCALE)}
+def _scores(ref: Image.Image, out: object, crop: int) -> dict[str, float]:
+    return {"psnr": psnr(ref, out, crop_border=crop), "ssim": ssim(ref, out, crop_border=crop)}
 
 
 def measure(
     engine: Engine, settings: Settings, name: str, ref: Image.Image, args: argparse.Namespace, full: dict | None = None
 ) -> dict:
-    """One image: the x2 forms restored three ways, and the full-size ladders (``full``: measured before)."""
+    """One image: the downscaled forms restored three ways, and the full-size ladders (``full``: measured before)."""
     size = ref.size
     pixels = size[0] * size[1]
-    row: dict = {"name": name, "width": size[0], "height": size[1], "stored": [], "full": {}}
-    small = engine.downscale(ref, float(SCALE))
-    models = ["span-x2", args.model]
+    stock, scale = stock_of(args.model)
+    row: dict = {"name": name, "width": size[0], "height": size[1], "scale": scale, "stock": stock, "stored": []}
+    small = engine.downscale(ref, float(scale))
+    models = [stock, args.model]
     for i, quality in enumerate(args.qualities):
         blob = media.encode_stored(small, args.codec, quality, speed=settings.avif_speed, effort=settings.jxl_effort)
         lr = media.decode_stored(blob)
         entry: dict = {"quality": quality, "bytes": len(blob), "bpp": 8 * len(blob) / pixels, "seconds": {}}
-        entry["bicubic"] = _scores(ref, engine.upscale(lr, size=size, model="bicubic"))
+        entry["bicubic"] = _scores(ref, engine.upscale(lr, size=size, model="bicubic"), scale)
         for model in models if i % 2 == 0 else models[::-1]:  # alternate which model runs first
             start = time.perf_counter()
             out = engine.upscale(lr, size=size, model=model)
             entry["seconds"][model] = time.perf_counter() - start
-            entry[model] = _scores(ref, out)
+            entry[model] = _scores(ref, out, scale)
         row["stored"].append(entry)
-    row["full"] = full or full_ladders(settings, ref)
+    row["full"] = full or full_ladders(settings, ref, scale)
     row["full_cached"] = full is not None
     return row
 
 
-def full_ladders(settings: Settings, ref: Image.Image) -> dict[str, list[dict]]:
-    """Full-size forms of ``ref`` at each :data:`LADDER` quality: bytes and scores on their own decode."""
+def full_ladders(settings: Settings, ref: Image.Image, crop: int) -> dict[str, list[dict]]:
+    """Full-size forms of ``ref`` at each :data:`LADDER` quality: bytes and scores (``crop`` border pixels left out,
+    as for the downscaled forms they are compared with) on their own decode."""
     ladders: dict[str, list[dict]] = {}
     for codec in FULL_CODECS:
         ladder = []
         for quality in LADDER:
             blob = media.encode_stored(ref, codec, quality, speed=settings.avif_speed, effort=settings.jxl_effort)
-            ladder.append({"quality": quality, "bytes": len(blob)} | _scores(ref, media.decode_stored(blob)))
+            ladder.append({"quality": quality, "bytes": len(blob)} | _scores(ref, media.decode_stored(blob), crop))
         ladders[codec] = ladder
     return ladders
 
@@ -129,21 +138,22 @@ DEGENERATE_DB = 60.0
 
 
 def report(rows: list[dict], model: str) -> str:
+    stock, scale = stock_of(model)
     lines = []
     flat = [r for r in rows if any(s[m]["psnr"] >= DEGENERATE_DB for s in r["stored"] for m in ("bicubic", model))]
-    flat += [r for r in rows if r not in flat and any(s["span-x2"]["psnr"] >= DEGENERATE_DB for s in r["stored"])]
+    flat += [r for r in rows if r not in flat and any(s[stock]["psnr"] >= DEGENERATE_DB for s in r["stored"])]
     for r in flat:
         scores = "; ".join(
             f"q{s['quality']} {s['bpp']:.4f} bpp: bicubic {s['bicubic']['psnr']:.1f}, "
-            f"stock {s['span-x2']['psnr']:.1f}, tuned {s[model]['psnr']:.1f} dB"
+            f"stock {s[stock]['psnr']:.1f}, tuned {s[model]['psnr']:.1f} dB"
             for s in r["stored"]
         )
         lines.append(f"left out of the tables (restored near exactly, >= {DEGENERATE_DB:g} dB): {r['name']}: {scores}")
     rows = [r for r in rows if r not in flat]
     mp = statistics.fmean(r["width"] * r["height"] / 1e6 for r in rows)
     lines.append(
-        f"{len(rows)} held-out images ({', '.join(PACKAGES)}), {mp:.2f} MP mean; x2 stored as "
-        f"{rows[0].get('codec', '?')}; PSNR-Y/SSIM-Y (BT.601, crop 2), mean over images"
+        f"{len(rows)} held-out images ({', '.join(PACKAGES)}), {mp:.2f} MP mean; x{scale} stored as "
+        f"{rows[0].get('codec', '?')}; PSNR-Y/SSIM-Y (BT.601, crop {scale}), mean over images"
     )
     cached = sum(bool(r.get("full_cached")) for r in rows)
     if cached:
@@ -159,26 +169,26 @@ def report(rows: list[dict], model: str) -> str:
         return max(found) if found else None
 
     for key, label in (("psnr", "PSNR-Y dB"), ("ssim", "SSIM-Y")):
-        headers = ["x2 quality", "bpp", "bicubic", "stock SPAN", model, "tuned-stock", "tuned>stock"]
+        headers = [f"x{scale} quality", "bpp", "bicubic", "stock SPAN", model, "tuned-stock", "tuned>stock"]
         headers += [f"full {c}" for c in FULL_CODECS] + ["tuned>best full", "stock>best full"]
         body = []
         for q in qualities:
             sel = [(r, s) for r, s in points if s["quality"] == q]
-            diff = [s[model][key] - s["span-x2"][key] for _, s in sel]
+            diff = [s[model][key] - s[stock][key] for _, s in sel]
             bests = [(best_full(r, s, key), s) for r, s in sel]
             body.append(
                 [
                     q,
                     _mean([s["bpp"] for _, s in sel]),
                     _mean([s["bicubic"][key] for _, s in sel]),
-                    _mean([s["span-x2"][key] for _, s in sel]),
+                    _mean([s[stock][key] for _, s in sel]),
                     _mean([s[model][key] for _, s in sel]),
                     f"{statistics.fmean(diff):+.3f}" if key == "psnr" else f"{statistics.fmean(diff):+.4f}",
                     f"{sum(d > 0 for d in diff)}/{len(diff)}",
                     *[_mean([full(r, s, c, key) for r, s in sel]) for c in FULL_CODECS],
                     f"{sum(b is not None and s[model][key] > b for b, s in bests)}/"
                     f"{sum(b is not None for b, _ in bests)}",
-                    f"{sum(b is not None and s['span-x2'][key] > b for b, s in bests)}/"
+                    f"{sum(b is not None and s[stock][key] > b for b, s in bests)}/"
                     f"{sum(b is not None for b, _ in bests)}",
                 ]
             )
@@ -203,13 +213,13 @@ def report(rows: list[dict], model: str) -> str:
                 f"{lo}-{hi}",
                 len(sel),
                 _mean([s["bicubic"]["psnr"] for _, s in sel]),
-                _mean([s["span-x2"]["psnr"] for _, s in sel]),
+                _mean([s[stock]["psnr"] for _, s in sel]),
                 _mean([s[model]["psnr"] for _, s in sel]),
-                f"{statistics.fmean(s[model]['psnr'] - s['span-x2']['psnr'] for _, s in sel):+.3f}",
+                f"{statistics.fmean(s[model]['psnr'] - s[stock]['psnr'] for _, s in sel):+.3f}",
                 _mean([b for b, _ in paired]),
                 f"{statistics.fmean(s[model]['psnr'] - b for b, s in paired):+.3f}" if paired else "-",
                 f"{sum(s[model]['psnr'] > b for b, s in paired)}/{len(paired)}",
-                f"{sum(s['span-x2']['psnr'] > b for b, s in paired)}/{len(paired)}",
+                f"{sum(s[stock]['psnr'] > b for b, s in paired)}/{len(paired)}",
                 len(sel) - len(paired),
             ]
         )
@@ -220,16 +230,16 @@ def report(rows: list[dict], model: str) -> str:
         f"both codecs' ladders (qualities {LADDER[0]}-{LADDER[-1]}), e.g. below the smallest full-size form):",
     ]
     lines.append(table(headers, body))
-    ratios, per_mp = [], {"span-x2": [], model: []}
+    ratios, per_mp = [], {stock: [], model: []}
     for r, s in points:
         mp_out = r["width"] * r["height"] / 1e6
-        ratios.append(s["seconds"][model] / s["seconds"]["span-x2"])
+        ratios.append(s["seconds"][model] / s["seconds"][stock])
         for m in per_mp:
             per_mp[m].append(s["seconds"][m] / mp_out)
     lines += [
         "",
         "Speed (ncnn, interleaved per stored form; seconds per output MP, median): "
-        f"stock {statistics.median(per_mp['span-x2']):.2f}, {model} {statistics.median(per_mp[model]):.2f}; "
+        f"stock {statistics.median(per_mp[stock]):.2f}, {model} {statistics.median(per_mp[model]):.2f}; "
         f"ratio tuned/stock median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
         f"n={len(ratios)})",
     ]
@@ -240,8 +250,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--megapixels", type=float, default=1.05)
-    parser.add_argument("--qualities", default="30,50,70,85", help="x2 stored qualities")
-    parser.add_argument("--codec", default="avif", help="stored codec of the x2 form")
+    parser.add_argument("--qualities", default="30,50,70,85", help="stored qualities of the downscaled form")
+    parser.add_argument("--codec", default="avif", help="stored codec of the downscaled form")
     parser.add_argument("--model", default="span-x2-stored", help="the fine-tuned model (registry name)")
     parser.add_argument("--out", type=Path, default=RESULTS / "restoration.jsonl")
     parser.add_argument("--report", type=Path, nargs="+", default=None, help="only print the tables of results files")
@@ -249,12 +259,18 @@ def main() -> None:
     parser.add_argument(
         "--full-cache",
         type=Path,
-        default=RESULTS / "restoration_full.jsonl",
-        help="full-size ladders already measured (the encoders are deterministic: same bytes, same scores)",
+        default=None,
+        help="full-size ladders already measured (the encoders are deterministic: same bytes, same scores); default "
+        "results/restoration_full.jsonl for x2 models, restoration_full_x4.jsonl for x4 (scored with that crop)",
     )
     parser.add_argument("--full-only", action="store_true", help="only measure the full-size ladders into the cache")
     args = parser.parse_args()
     args.qualities = [int(q) for q in args.qualities.split(",")]
+    if args.model not in registry.MODELS or registry.MODELS[args.model].scale not in (2, 4):
+        parser.error(f"--model must name a x2 or x4 model of the registry, got {args.model!r}")
+    stock, scale = stock_of(args.model)
+    if args.full_cache is None:
+        args.full_cache = RESULTS / ("restoration_full.jsonl" if scale == 2 else f"restoration_full_x{scale}.jsonl")
     if args.report:
         rows = [json.loads(x) for path in args.report for x in path.read_text().splitlines() if x.strip()]
         print(report(list({r["name"]: r for r in rows}.values()), args.model))
@@ -278,7 +294,7 @@ def main() -> None:
                 if name not in cached:
                     with Image.open(path) as img:
                         ref = _resized(img, args.megapixels)
-                    sink.write(json.dumps({"name": name, "full": full_ladders(settings, ref)}) + "\n")
+                    sink.write(json.dumps({"name": name, "full": full_ladders(settings, ref, scale)}) + "\n")
                     sink.flush()
                     print(f"[{i + 1}/{len(paths)}] {name}: full-size ladders", flush=True)
         return
@@ -297,7 +313,7 @@ def main() -> None:
             s = row["stored"][len(row["stored"]) // 2]
             print(
                 f"[{i + 1}/{len(paths)}] {name} {row['width']}x{row['height']}: q{s['quality']} bicubic "
-                f"{s['bicubic']['psnr']:.2f} stock {s['span-x2']['psnr']:.2f} tuned {s[args.model]['psnr']:.2f} "
+                f"{s['bicubic']['psnr']:.2f} stock {s[stock]['psnr']:.2f} tuned {s[args.model]['psnr']:.2f} "
                 f"({row['seconds_total']:.0f} s)",
                 flush=True,
             )
