@@ -133,3 +133,49 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         assert torch.allclose(module(x), trained.eval()(x), atol=1e-5)
+
+
+def test_the_x1_restorer_starts_near_the_identity_trains_and_runs_in_ncnn(tmp_path: Path) -> None:
+    """SPAN x2's blocks with a 3-channel last convolution and no pixel shuffle: before training it gives back a
+    photograph at over 40 dB; a few steps on full-size stored forms move it; its export loads in bare ncnn
+    and agrees with the PyTorch module."""
+    torch = pytest.importorskip("torch")
+    import ncnn
+
+    from training import export, train
+
+    images = (s for s in tdata.generated_sources(size=(96, 64)) if s.name in ("generated/text", "generated/shapes"))
+    pairs = tdata.build(tmp_path / "data", (1,), spread=TINY_SPREAD, images=images, progress=False)
+    assert {p.scale for p in pairs} == {1}
+    stored = next(p for p in pairs if p.codec == "avif")
+    hr = np.asarray(Image.open(tmp_path / "data" / stored.hr).convert("RGB"))
+    lr = np.asarray(Image.open(tmp_path / "data" / stored.lr).convert("RGB"))
+    assert lr.shape == hr.shape  # a full-size form
+    from skimage import data
+
+    photo = np.ascontiguousarray(data.astronaut()[100:228, 100:228])
+    module = train.stock_module(1).eval()
+    with torch.no_grad():
+        y = module(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255)[0]
+    y = y.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    assert y.shape == photo.shape and psnr(photo, y, crop_border=1) > 40  # 44 dB before any training
+    x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
+
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path / "data"), "--run", str(run), "--scale", "1", "--batch", "2", "--patch", "24"]
+    assert train.main([*common, "--steps", "2", "--quiet", "--threads", "1", "--warmup", "1", "--val-every", "2"]) == 0
+    state = torch.load(run / "last.pt", weights_only=False)["model"]
+    param, weights = export.export(state, 1, tmp_path / "restorer", fp16=False)
+    assert "PixelShuffle" not in param.read_text()
+    net = ncnn.Net()
+    assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+    ex = net.create_extractor()
+    chw = np.ascontiguousarray(x[0].numpy())  # the Mat wraps this memory: it must outlive the extract
+    ex.input("data", ncnn.Mat(chw))
+    _, out = ex.extract("output")
+    trained = train.stock_module(1)
+    trained.load_state_dict(state)
+    with torch.no_grad():
+        expected = trained.eval()(x)[0].numpy()
+    assert np.asarray(out).shape == expected.shape == (3, *hr.shape[:2])
+    assert np.abs(np.asarray(out) - expected).max() < 1e-3

@@ -355,7 +355,14 @@ def load_manifest(folder: Path) -> list[Pair]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("training/data"), help="dataset folder (rebuilt)")
-    parser.add_argument("--scales", type=int, nargs="+", default=[2], choices=(2, 4), help="downscale factors")
+    parser.add_argument(
+        "--scales",
+        type=int,
+        nargs="+",
+        default=[2],
+        choices=(1, 2, 4),
+        help="downscale factors; 1 = the full-size stored forms, for the x1 restorer",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many source images")
     parser.add_argument("--list", action="store_true", help="only list the source images, their split and licence")
     args = parser.parse_args(argv)

@@ -59,13 +59,19 @@ def write_bin(graph: graph_io.Graph, state: dict[str, object], path: Path, fp16:
 
 
 def export(state: dict[str, object], scale: int, out: Path, fp16: bool = True) -> tuple[Path, Path]:
-    """``out.param`` (the stock SPAN param of ``scale``) and ``out.bin`` (these weights); read back to check."""
-    spec = registry.MODELS[f"span-x{scale}"]
-    param, weights = registry.weight_files(spec)
-    graph = graph_io.read(param, weights)
+    """``out.param`` (the stock SPAN param of ``scale``; for 1, the restorer's) and ``out.bin`` (these weights);
+    read back to check."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out_param, out_bin = out.with_name(out.name + ".param"), out.with_name(out.name + ".bin")
-    shutil.copyfile(param, out_param)
+    if scale == 1:
+        from training.train import restorer_graph, restorer_param_text  # needs PyTorch, as a checkpoint does
+
+        graph = restorer_graph()
+        out_param.write_text(restorer_param_text())
+    else:
+        param, weights = registry.weight_files(registry.MODELS[f"span-x{scale}"])
+        graph = graph_io.read(param, weights)
+        shutil.copyfile(param, out_param)
     numpy_state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in state.items()}
     write_bin(graph, numpy_state, out_bin, fp16=fp16)
     graph_io.read(out_param, out_bin)  # every byte accounted for, or this raises
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt of a training run")
-    p.add_argument("--scale", type=int, default=2, choices=(2, 4))
+    p.add_argument("--scale", type=int, default=2, choices=(1, 2, 4))
     p.add_argument("--out", type=Path, required=True, help="path without extension; .param and .bin are written")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, as the stock files)")
     p.add_argument("--summary", type=Path, default=None, help="the run's summary.json: write <out>.md, the card")

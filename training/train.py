@@ -45,9 +45,60 @@ from upscaler.metrics import psnr
 
 
 def stock_graph(scale: int) -> graph_io.Graph:
-    """The shipped SPAN graph for ``scale`` (2 or 4), with its weights."""
+    """The shipped SPAN graph for ``scale`` (2 or 4), with its weights; for 1, :func:`restorer_graph`."""
+    if scale == 1:
+        return restorer_graph()
     spec = registry.MODELS[f"span-x{scale}"]
     return graph_io.read(*registry.weight_files(spec))
+
+
+def _last_upsampler(graph: graph_io.Graph) -> tuple[graph_io.Layer, graph_io.Layer]:
+    """(the convolution feeding the pixel shuffle, the pixel shuffle) at the end of a SPAN graph."""
+    shuffle = next(layer for layer in graph.layers if layer.type == "PixelShuffle")
+    conv = next(layer for layer in graph.layers if shuffle.inputs[0] in layer.outputs)
+    if conv.type != "Convolution" or shuffle.outputs[0] != graph.output:
+        raise ValueError(f"{graph.name}: not a graph that ends in a convolution and a pixel shuffle")
+    return conv, shuffle
+
+
+def restorer_param_text() -> str:
+    """The ``.param`` of the x1 restorer: SPAN x2's graph (same blocks, same layer names) whose last convolution
+    gives the 3 output channels itself, with no pixel shuffle after it: an image in, the same size out."""
+    param, weights = registry.weight_files(registry.MODELS["span-x2"])
+    graph = graph_io.read(param, weights)
+    conv, shuffle = _last_upsampler(graph)
+    lines = param.read_text().splitlines()
+    magic, counts, body = lines[0], lines[1].split(), lines[2:]
+    out: list[str] = []
+    for line in body:
+        tokens = line.split()
+        if not tokens or tokens[1] == shuffle.name:
+            continue
+        if tokens[1] == conv.name:
+            w = conv.weights["weight"]
+            fields = [t for t in tokens[6:] if not t.startswith(("0=", "6="))]
+            tokens = [*tokens[:4], tokens[4], shuffle.outputs[0], "0=3", *fields, f"6={3 * w[0].size}"]
+        out.append(" ".join(tokens))
+    return "\n".join([magic, f"{int(counts[0]) - 1} {int(counts[1]) - 1}", *out]) + "\n"
+
+
+def restorer_graph() -> graph_io.Graph:
+    """The x1 restorer with SPAN x2's weights; its last convolution's filters are the mean of the four sub-pixel
+    filters of each colour, so before any training it returns about the average of each 2x2 block x2 SPAN would
+    make of the image: close to the image itself, a start near the identity."""
+    x2 = stock_graph(2)
+    conv, _ = _last_upsampler(x2)
+    graph = graph_io.parse_param(restorer_param_text(), "span-x1-restorer")
+    sources = {layer.name: layer for layer in x2.layers}
+    for layer in graph.layers:
+        layer.weights = dict(sources[layer.name].weights)
+        if layer.name == conv.name:  # PixelShuffle: output channel c*4 + i*2 + j is colour c at sub-pixel (i, j)
+            w, b = conv.weights["weight"], conv.weights["bias"]
+            layer.weights = {
+                "weight": w.reshape(3, 4, *w.shape[1:]).mean(axis=1).astype(np.float32),
+                "bias": b.reshape(3, 4).mean(axis=1).astype(np.float32),
+            }
+    return graph
 
 
 def stock_module(scale: int) -> GraphModule:
@@ -281,7 +332,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("training/data"), help="dataset folder (training.data)")
     p.add_argument("--run", type=Path, default=Path("training/runs/span-x2-stored"), help="checkpoints go here")
-    p.add_argument("--scale", type=int, default=2, choices=(2, 4))
+    p.add_argument(
+        "--scale", type=int, default=2, choices=(1, 2, 4), help="2, 4: fine-tune SPAN; 1: train the x1 restorer"
+    )
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (a resumed run counts on)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=48, help="LR patch side in pixels")
