@@ -301,6 +301,44 @@ def test_a_model_candidate_wins_where_it_restores_better_and_its_form_names_it()
     assert set(seen) == {"", "closer"}
 
 
+def test_a_full_size_restorer_is_searched_as_a_model_of_full_size_forms() -> None:
+    """A x1 model (models[1.0]) adds each full-size lossy form once more, restored by it; the search runs it on
+    those forms only, and the fast search checks a full-size choice that names a model with a real retrieval."""
+    from skimage import data
+
+    from upscaler.quality import choose_form, with_models
+
+    original = data.astronaut()[:128, 100:228]
+
+    def encode(scale: float, codec: str, quality: int) -> bytes:
+        return bytes(media.encode_stored(original, codec, quality))
+
+    runs: list[tuple[float, str]] = []
+
+    def restore(scale: float, stored: bytes, model: str = "") -> np.ndarray:
+        runs.append((scale, model))
+        decoded = np.asarray(media.decode_stored(stored).convert("RGB"), np.float32)
+        if model == "closer":  # halfway to the original: better than the codec alone on the same bytes
+            decoded = (decoded + original) / 2
+        return np.round(decoded).astype(np.uint8)
+
+    forms = with_models((Candidate(1.0, "avif"), Candidate(1.0, "png")), {1.0: ("closer",)})
+    assert forms == (Candidate(1.0, "avif"), Candidate(1.0, "png"), Candidate(1.0, "avif", "closer"))
+    assert not forms[0].runs_model and forms[2].runs_model
+    goal = Target.parse("psnr:36")
+    plain = choose_form(original, b"x" * 10**6, goal, encode, restore, forms=forms[:2], keep_original=False)
+    assert {m for _, m in runs} == {""}
+    both = choose_form(original, b"x" * 10**6, goal, encode, restore, forms=forms, keep_original=False)
+    assert both.form.model == "closer" and both.form.scale == 1 and both.form.bytes < plain.form.bytes
+    assert goal.met(both.form.score) and both.model_runs > 0
+    runs.clear()
+    fast = choose_form(
+        original, b"x" * 10**6, Target.parse("psnr:36:fast"), encode, restore, proxy=restore, forms=forms,
+        keep_original=False,
+    )  # fmt: skip
+    assert fast.form.model == "closer" and goal.met(fast.form.score) and (1.0, "closer") in runs
+
+
 def test_target_models_are_searched_and_the_record_restores_with_the_chosen_one(tmp_path) -> None:
     """UPSCALER_TARGET_MODELS adds the fine-tuned ×2 model to the search; whatever it chooses, the record names the
     model its fidelity was measured with and a retrieval gives back exactly that fidelity."""

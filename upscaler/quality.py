@@ -55,8 +55,8 @@ QUALITIES = (1, 100)  # integer qualities searched, inclusive
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to store the image: a scale and a stored codec (``jxl-jpeg``: the JPEG file recompressed), and for a
-    downscaled form the model that restores it ("": the restorer's own, the default)."""
+    """One way to store the image: a scale and a stored codec (``jxl-jpeg``: the JPEG file recompressed), and the
+    model that restores it ("": for a downscaled form the restorer's own, the default; for a full-size form none)."""
 
     scale: float
     codec: str
@@ -66,15 +66,21 @@ class Candidate:
     def lossy(self) -> bool:
         return self.codec not in LOSSLESS and self.codec != "jxl-jpeg"
 
+    @property
+    def runs_model(self) -> bool:
+        """Whether its retrieval runs a model: a downscaled form, or a full-size one named with its restorer."""
+        return self.scale > 1 or bool(self.model)
+
     def __str__(self) -> str:
         return f"x{self.scale:g} {self.codec}" + (f" {self.model}" if self.model else "")
 
 
 def with_models(forms: tuple[Candidate, ...], models: dict[float, tuple[str, ...]]) -> tuple[Candidate, ...]:
-    """``forms`` and, after them, each downscaled lossy form again for every model in ``models[scale]``: the same
-    stored bytes restored another way (a model fine-tuned on stored forms, issue 19). Their forms name the model,
-    and the stored record keeps it, so an object restores with the model its form was measured with."""
-    extra = [Candidate(c.scale, c.codec, m) for c in forms if c.scale > 1 and c.lossy for m in models.get(c.scale, ())]
+    """``forms`` and, after them, each lossy form again for every model in ``models[scale]``: the same stored bytes
+    restored another way (a model fine-tuned on stored forms, issue 19; at scale 1, a restorer of full-size forms
+    that gives back the same size). Their forms name the model, and the stored record keeps it, so an object
+    restores with the model its form was measured with."""
+    extra = [Candidate(c.scale, c.codec, m) for c in forms if c.lossy for m in models.get(c.scale, ())]
     return (*forms, *(c for c in extra if c not in forms))
 
 
@@ -162,11 +168,15 @@ class Form:
     quality: int
     data: bytes = field(repr=False)
     score: float
-    model: str = ""  # the model it was restored with ("": the restorer's default)
+    model: str = ""  # the model it was restored with ("": the restorer's default, or none at full size)
 
     @property
     def bytes(self) -> int:
         return len(self.data)
+
+    @property
+    def runs_model(self) -> bool:
+        return Candidate(self.scale, self.codec, self.model).runs_model
 
 
 @dataclass
@@ -264,7 +274,7 @@ def _fast(exact: _Search, proxy: Restorer) -> Decision:
         exact.original, exact.original_bytes, exact.target, exact.encode, proxy, exact.forms, exact.prune,
         exact.keep_original, real=exact.restore, cache=exact.cache,
     )  # fmt: skip
-    for scale, model in sorted({(c.scale, c.model) for c in exact.forms if c.scale > 1 and c.lossy}):
+    for scale, model in sorted({(c.scale, c.model) for c in exact.forms if c.runs_model and c.lossy}):
         c = next(c for c in exact.forms if (c.scale, c.model) == (scale, model) and c.lossy)
         near = guess.lowest(c, shift=_GAIN_GUESS[exact.target.metric], bounded=False)
         quality = near.quality if near is not None else 90
@@ -273,7 +283,7 @@ def _fast(exact: _Search, proxy: Restorer) -> Decision:
     verified: Form | None = None
     for _ in range(3):  # a check that shows another gain than assumed corrects it and searches again
         form = guess.run().form
-        if form.scale == 1:
+        if not form.runs_model:
             verified = form if verified is None or form.bytes < verified.bytes else verified
             break
         checked = guess.measure(Candidate(form.scale, form.codec, form.model), form.quality, real=True)
@@ -347,7 +357,7 @@ class _Search:
         restore = self.real if real and self.real is not None else self.restore
         quality = quality if c.lossy else 100
         data = self.blob(c, quality)
-        model_run = c.scale > 1 and (real or self.real is None)
+        model_run = c.runs_model and (real or self.real is None)
         model = c.model if model_run else ""  # a proxy (bicubic) restores every model's form alike
         key = (c.scale, model, hashlib.blake2b(data, digest_size=16).digest(), restore is self.restore)
         if key not in self.scores:
@@ -385,7 +395,7 @@ class _Search:
         goal = self.target.value - (self.shift.get((c.scale, c.model), 0.0) if shift is None else shift)
         limit = self.bound() if bounded else 1 << 62
         lo, hi, found = QUALITIES[0], QUALITIES[1], None
-        if c.scale > 1:
+        if c.runs_model:
             top = None
             while lo <= hi:  # the highest quality under the bound: encodes only
                 mid = (lo + hi) // 2

@@ -225,7 +225,8 @@ class S3CommonUpscaler:
             def restore_file(scale: float, stored: bytes, *other: str) -> bytes:  # what retrieve_image answers
                 small = media.decode_stored(stored)
                 size = (record.width, record.height)
-                big = small if _dimensions(small) == size else upscale(small, size, *other)  # full size: no model
+                full_size = _dimensions(small) == size  # full size: no model, unless a restorer is named
+                big = small if full_size and not other else upscale(small, size, *other)
                 return media.encode_restored(big, record)[0]
 
             return restore_file
@@ -295,10 +296,14 @@ class S3CommonUpscaler:
             small = media.decode(stored, self.limits).pixels if original else media.decode_stored(stored)
             timings["read"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            if size == _dimensions(small):
+            full_size = size == _dimensions(small)
+            # A restorer (a x1 model) named by the record runs on the full-size form it was measured with; an
+            # upscale to another size uses the default model instead.
+            use = model or (record.model if full_size or not _restorer(record.model) else "") or None
+            if full_size and not (use and _restorer(use)):
                 big = small
             else:
-                big = self.provider.upscale(small, size=size, model=model or record.model or None, endpoint=endpoint)
+                big = self.provider.upscale(small, size=size, model=use, endpoint=endpoint)
             timings["upscale"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             data, content_type = media.encode_restored(big, record, format=format, quality=quality)
@@ -384,6 +389,12 @@ def _reconstructed(blob: bytes, record: media.ImageRecord) -> bytes:
 
 def _finite(value: float) -> float | None:
     return None if value == float("inf") else round(value, 4)
+
+
+def _restorer(name: str) -> bool:
+    """Whether ``name`` is a restorer of full-size forms (a x1 model): it runs at the stored size."""
+    spec = registry.MODELS.get(name)
+    return spec is not None and spec.is_network and spec.scale == 1
 
 
 def _dimensions(pixels: object) -> tuple[int, int]:
