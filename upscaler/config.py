@@ -61,9 +61,9 @@ class Settings:
     max_input_megapixels: float = 50.0
     #: Model used when a request names none.
     default_model: str = "span"
-    #: Models a quality-targeted store also tries on each downscaled form, at their own scale (for example
-    #: span-x2-stored, fine-tuned on stored forms): the smallest form meeting the target wins, and its record names
-    #: the model that restores it. Each one adds model runs to the search.
+    #: Models a quality-targeted store also tries on each lossy form of their own scale (span-x2-stored and
+    #: span-x4-stored, fine-tuned on stored downscaled forms; span-x1-restorer, on full-size ones): the smallest
+    #: form meeting the target wins, and its record names the model that restores it. Each adds model runs.
     target_models: tuple[str, ...] = ()
     #: Default factor for downscaling on store.
     default_scale: int = 4
