@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_restoration.py [--limit 20] [--qualities 30,50,70,85] [--model span-x2-stored]
     .venv/bin/python benchmarks/bench_restoration.py --model span-x4-stored --out results/restoration_x4.jsonl
+    .venv/bin/python benchmarks/bench_restoration.py --model span-x1-restorer --out results/restoration_x1.jsonl
     .venv/bin/python benchmarks/bench_restoration.py --report benchmarks/results/restoration.jsonl
 
 Images: the held-out Debian wallpaper packages (``mate-backgrounds``, ``ukui-wallpapers``; never trained on — see
@@ -22,6 +23,11 @@ Per image, in one run, everything on the same stored bytes:
 
 Scores: PSNR-Y and SSIM-Y with BasicSR's conventions (:mod:`upscaler.metrics`: BT.601 Y, ``crop_border`` = the
 scale, for every method alike). Results go to a JSON-lines file (resumable); the tables are printed at the end.
+A x1 model (``--model span-x1-restorer``, the restorer of full-size forms) is measured otherwise: each full-size
+codec at ``--qualities`` (default 16-60), scored on its own decode and after the restorer, and the bytes the better
+codec alone needs for the restored fidelity (its ladder interpolated): the bytes the restorer saves at equal
+PSNR-Y, crop 2 as the x2 rows.
+
 ``--full-only`` measures the full-size ladders alone into ``--full-cache`` (a main run then reuses them: the
 encoders are deterministic, so the bytes and scores are the same as measuring them again; the report says so).
 """
@@ -246,11 +252,102 @@ def report(rows: list[dict], model: str) -> str:
     return "\n".join(lines)
 
 
+#: Stored qualities of the full-size forms the x1 restorer is measured on (about 0.05-0.4 bpp on these images).
+RESTORER_QUALITIES = (16, 26, 36, 48, 60)
+
+
+def measure_restorer(engine: Engine, settings: Settings, name: str, ref: Image.Image, args: argparse.Namespace) -> dict:
+    """One image: each full-size codec at each quality, scored on its own decode and after the x1 restorer."""
+    size = ref.size
+    row: dict = {"name": name, "width": size[0], "height": size[1], "scale": 1, "restored": {}}
+    for codec in FULL_CODECS:
+        points = []
+        for quality in args.qualities:
+            blob = media.encode_stored(ref, codec, quality, speed=settings.avif_speed, effort=settings.jxl_effort)
+            decoded = media.decode_stored(blob)
+            start = time.perf_counter()
+            out = engine.upscale(decoded, scale=1, model=args.model)
+            seconds = time.perf_counter() - start
+            points.append(
+                {
+                    "quality": quality,
+                    "bytes": len(blob),
+                    "bpp": 8 * len(blob) / (size[0] * size[1]),
+                    "plain": _scores(ref, decoded, 2),
+                    "restored": _scores(ref, out, 2),
+                    "seconds": seconds,
+                }
+            )
+        row["restored"][codec] = points
+    return row
+
+
+def bytes_for(ladder: list[dict], score: float, key: str = "psnr") -> float | None:
+    """Bytes a codec's ladder needs for ``score``, interpolated in log(bytes); None outside the ladder."""
+    points = sorted((p["bytes"], p[key]) for p in ladder if math.isfinite(p[key]))
+    for (b0, s0), (b1, s1) in itertools.pairwise(points):
+        if min(s0, s1) <= score <= max(s0, s1) and s1 != s0:
+            t = (score - s0) / (s1 - s0)
+            return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
+    return None
+
+
+def report_restorer(rows: list[dict], model: str) -> str:
+    """By bpp band: each codec alone, with the restorer, and the bytes the best codec alone needs for the restored
+    fidelity (its full ladder, interpolated)."""
+    rows = [r for r in rows if not any(p["plain"]["psnr"] >= DEGENERATE_DB for c in r["restored"].values() for p in c)]
+    points = [(r, c, p) for r in rows for c, ladder in r["restored"].items() for p in ladder]
+    lines = [
+        f"{len(rows)} held-out images; full-size AVIF 4:2:0 / JPEG XL at qualities "
+        f"{sorted({p['quality'] for _, _, p in points})}, each restored by {model} (x1); PSNR-Y/SSIM-Y crop 2",
+        "'bytes vs best alone' = these bytes / the bytes the better codec alone needs for the restored PSNR-Y",
+        "(its ladder of qualities 2-94 interpolated; < 1 = the restorer saves bytes at equal fidelity)",
+    ]
+    headers = ["bpp band", "codec", "points", "alone PSNR-Y", "restored", "gain dB", "gain SSIM-Y", "restored better"]
+    headers += ["bytes vs best alone (median)", "(min, max)"]
+    body = []
+    for lo, hi in BANDS[1:]:
+        for codec in FULL_CODECS:
+            sel = [(r, p) for r, c, p in points if c == codec and lo <= p["bpp"] < hi]
+            if not sel:
+                continue
+            gains = [p["restored"]["psnr"] - p["plain"]["psnr"] for _, p in sel]
+            ratios = []
+            for r, p in sel:
+                need = [bytes_for(r["full"][c], p["restored"]["psnr"]) for c in FULL_CODECS if c in r.get("full", {})]
+                need = [n for n in need if n is not None]
+                if need:
+                    ratios.append(p["bytes"] / min(need))
+            body.append(
+                [
+                    f"{lo}-{hi}",
+                    codec,
+                    len(sel),
+                    _mean([p["plain"]["psnr"] for _, p in sel]),
+                    _mean([p["restored"]["psnr"] for _, p in sel]),
+                    f"{statistics.fmean(gains):+.3f}",
+                    f"{statistics.fmean(p['restored']['ssim'] - p['plain']['ssim'] for _, p in sel):+.4f}",
+                    f"{sum(g > 0 for g in gains)}/{len(gains)}",
+                    f"{statistics.median(ratios):.3f}" if ratios else "-",
+                    f"{min(ratios):.3f}, {max(ratios):.3f}" if ratios else "-",
+                ]
+            )
+    lines.append(table(headers, body))
+    per_mp = [p["seconds"] / (r["width"] * r["height"] / 1e6) for r, _, p in points]
+    lines.append(f"Speed (ncnn): {statistics.median(per_mp):.2f} s per MP restored (median of {len(per_mp)})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--megapixels", type=float, default=1.05)
-    parser.add_argument("--qualities", default="30,50,70,85", help="stored qualities of the downscaled form")
+    parser.add_argument(
+        "--qualities",
+        default=None,
+        help="stored qualities of the downscaled form (default 30,50,70,85; for a x1 model, of the full-size forms: "
+        "16,26,36,48,60)",
+    )
     parser.add_argument("--codec", default="avif", help="stored codec of the downscaled form")
     parser.add_argument("--model", default="span-x2-stored", help="the fine-tuned model (registry name)")
     parser.add_argument("--out", type=Path, default=RESULTS / "restoration.jsonl")
@@ -265,15 +362,19 @@ def main() -> None:
     )
     parser.add_argument("--full-only", action="store_true", help="only measure the full-size ladders into the cache")
     args = parser.parse_args()
-    args.qualities = [int(q) for q in args.qualities.split(",")]
-    if args.model not in registry.MODELS or registry.MODELS[args.model].scale not in (2, 4):
-        parser.error(f"--model must name a x2 or x4 model of the registry, got {args.model!r}")
-    stock, scale = stock_of(args.model)
-    if args.full_cache is None:
-        args.full_cache = RESULTS / ("restoration_full.jsonl" if scale == 2 else f"restoration_full_x{scale}.jsonl")
+    args.qualities_given = args.qualities
+    args.qualities = [int(q) for q in (args.qualities or "30,50,70,85").split(",")]
+    if args.model not in registry.MODELS or registry.MODELS[args.model].scale not in (1, 2, 4):
+        parser.error(f"--model must name a x1, x2 or x4 model of the registry, got {args.model!r}")
+    scale = registry.MODELS[args.model].scale
+    if scale == 1 and args.qualities_given is None:
+        args.qualities = list(RESTORER_QUALITIES)
+    if args.full_cache is None:  # the x1 restorer is scored with crop 2 and compared with the x2 ladders
+        args.full_cache = RESULTS / ("restoration_full.jsonl" if scale < 4 else f"restoration_full_x{scale}.jsonl")
     if args.report:
         rows = [json.loads(x) for path in args.report for x in path.read_text().splitlines() if x.strip()]
-        print(report(list({r["name"]: r for r in rows}.values()), args.model))
+        unique = list({r["name"]: r for r in rows}.values())
+        print(report_restorer(unique, args.model) if scale == 1 else report(unique, args.model))
         return
     settings = Settings.from_env({}, ncnn_threads=2)
     engine = Engine(settings)
@@ -294,7 +395,8 @@ def main() -> None:
                 if name not in cached:
                     with Image.open(path) as img:
                         ref = _resized(img, args.megapixels)
-                    sink.write(json.dumps({"name": name, "full": full_ladders(settings, ref, scale)}) + "\n")
+                    ladders = full_ladders(settings, ref, max(2, scale))
+                    sink.write(json.dumps({"name": name, "full": ladders}) + "\n")
                     sink.flush()
                     print(f"[{i + 1}/{len(paths)}] {name}: full-size ladders", flush=True)
         return
@@ -306,6 +408,19 @@ def main() -> None:
             start = time.perf_counter()
             with Image.open(path) as img:
                 ref = _resized(img, args.megapixels)
+            if scale == 1:
+                full = cached.get(name) or full_ladders(settings, ref, 2)
+                row = measure_restorer(engine, settings, name, ref, args) | {"full": full}
+                row["seconds_total"] = time.perf_counter() - start
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                p = row["restored"]["avif-420"][len(args.qualities) // 2]
+                print(
+                    f"[{i + 1}/{len(paths)}] {name}: avif-420 q{p['quality']} {p['plain']['psnr']:.2f} -> "
+                    f"{p['restored']['psnr']:.2f} ({row['seconds_total']:.0f} s)",
+                    flush=True,
+                )
+                continue
             row = measure(engine, settings, name, ref, args, cached.get(name)) | {"codec": args.codec}
             row["seconds_total"] = time.perf_counter() - start
             sink.write(json.dumps(row) + "\n")
@@ -313,12 +428,12 @@ def main() -> None:
             s = row["stored"][len(row["stored"]) // 2]
             print(
                 f"[{i + 1}/{len(paths)}] {name} {row['width']}x{row['height']}: q{s['quality']} bicubic "
-                f"{s['bicubic']['psnr']:.2f} stock {s[stock]['psnr']:.2f} tuned {s[args.model]['psnr']:.2f} "
+                f"{s['bicubic']['psnr']:.2f} stock {s[row['stock']]['psnr']:.2f} tuned {s[args.model]['psnr']:.2f} "
                 f"({row['seconds_total']:.0f} s)",
                 flush=True,
             )
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
-    print(report(rows, args.model))
+    print(report_restorer(rows, args.model) if scale == 1 else report(rows, args.model))
 
 
 if __name__ == "__main__":

@@ -143,13 +143,16 @@ class Loaded:
     lr: np.ndarray
 
 
-def load_pairs(folder: Path, scale: int, split: str) -> list[Loaded]:
-    """The pairs of ``scale`` and ``split``; at scale 1 not the lossless ones (the image itself: the search never
-    restores a lossless full-size form, and its PSNR is infinite)."""
+def load_pairs(folder: Path, scale: int, split: str, max_quality: int = 100) -> list[Loaded]:
+    """The pairs of ``scale`` and ``split`` stored at ``max_quality`` or below (a model for a quality band); at scale
+    1 not the lossless ones (the image itself: the search never restores a lossless full-size form, and its PSNR is
+    infinite)."""
     hrs: dict[str, np.ndarray] = {}
     out = []
     for pair in load_manifest(folder):
         if pair.scale != scale or pair.split != split or (scale == 1 and pair.codec in LOSSLESS):
+            continue
+        if pair.codec not in LOSSLESS and pair.quality > max_quality:
             continue
         if pair.hr not in hrs:
             hrs[pair.hr] = np.asarray(Image.open(folder / pair.hr).convert("RGB"))
@@ -262,8 +265,8 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device, precision = _device_and_precision(args)
     args.run.mkdir(parents=True, exist_ok=True)
-    train_pairs = load_pairs(args.data, args.scale, "train")
-    val_pairs = load_pairs(args.data, args.scale, "val")
+    train_pairs = load_pairs(args.data, args.scale, "train", args.max_quality)
+    val_pairs = load_pairs(args.data, args.scale, "val", args.max_quality)
     if args.val_limit and len(val_pairs) > args.val_limit:  # evenly spread over images, codecs and qualities
         val_pairs = val_pairs[:: math.ceil(len(val_pairs) / args.val_limit)]
     if not train_pairs:
@@ -350,6 +353,7 @@ def train(args: argparse.Namespace) -> dict:
         "loss": args.loss,
         "lr": args.lr,
         "clip_grad": args.clip_grad,
+        "max_quality": args.max_quality,
         "device": device.type,
         "precision": precision,
         "train_pairs": len(train_pairs),
@@ -378,6 +382,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=1e-6)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--loss", choices=("charbonnier", "l1"), default="charbonnier")
+    p.add_argument(
+        "--max-quality", type=int, default=100, help="train on the lossy forms of this quality or lower (a band)"
+    )
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' norm to this; 0 = no clipping")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a CUDA GPU if one is seen")

@@ -84,6 +84,19 @@ MODELS: dict[str, ModelSpec] = {
             "upscaler/engine/models/span-x2-stored.md)",
         ),
         ModelSpec(
+            "span-x4-stored",
+            family="span-stored",
+            scale=4,
+            kind=FIDELITY,
+            package="media-upscaler",
+            module="upscaler.engine",
+            files="models/span-x4-stored",
+            license="BSD-3-Clause (fine-tuned from SPAN's weights; data: training/README.md)",
+            bytes_per_input_pixel=4_500,
+            description="SPAN 48ch x4 fine-tuned on AVIF/JPEG XL/WebP-stored x4 downscales (issue 19; "
+            "upscaler/engine/models/span-x4-stored.md)",
+        ),
+        ModelSpec(
             "realesr-animevideov3-x2",
             family="realesr-animevideov3",
             scale=2,
