@@ -274,7 +274,10 @@ def train(args: argparse.Namespace) -> dict:
     module = stock_module(args.scale).to(device).train()
     if precision == "bf16":
         keep_ends_in_fp32(module)
-    opt = torch.optim.Adam(module.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    if args.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(module.parameters(), lr=args.lr, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(module.parameters(), lr=args.lr, betas=(0.9, 0.99))
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     history: list[dict] = []
@@ -353,6 +356,7 @@ def train(args: argparse.Namespace) -> dict:
         "loss": args.loss,
         "lr": args.lr,
         "clip_grad": args.clip_grad,
+        "optimizer": args.optimizer,
         "max_quality": args.max_quality,
         "device": device.type,
         "precision": precision,
@@ -384,6 +388,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("charbonnier", "l1"), default="charbonnier")
     p.add_argument(
         "--max-quality", type=int, default=100, help="train on the lossy forms of this quality or lower (a band)"
+    )
+    p.add_argument(
+        "--optimizer", choices=("adam", "sgd"), default="adam", help="sgd: momentum 0.9 (steps sized by the gradient)"
     )
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' norm to this; 0 = no clipping")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
