@@ -23,6 +23,7 @@ from upscaler.engine import Engine, downscale, registry
 from upscaler.engine import graph as graph_io
 from upscaler.metrics import psnr
 from upscaler.providers import open_provider
+from upscaler.quality import LOSSLESS
 from upscaler.service import S3CommonUpscaler
 from upscaler.store.local import LocalFolderStore
 
@@ -83,19 +84,27 @@ def test_the_x4_model_is_listed_with_its_card_and_its_weights_are_the_stock_grap
     assert "held-out" in card and "Licence" in card and "Not measured yet" not in card
 
 
+def _service(folder: Path) -> tuple[Engine, S3CommonUpscaler]:
+    settings = Settings.from_env({}, ncnn_threads=2)
+    engine = Engine(settings)
+    return engine, S3CommonUpscaler(LocalFolderStore(folder), open_provider(settings, engine), engine, settings)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_a_stored_object_restores_with_the_model_its_record_names(tmp_path: Path) -> None:
     """Stored with model span-x2-stored at x2 AVIF: the record names the model and a retrieval (no model asked)
     restores with it, better than bicubic on the same stored bytes."""
-    settings = Settings.from_env({}, ncnn_threads=2)
-    engine = Engine(settings)
-    service = S3CommonUpscaler(LocalFolderStore(tmp_path), open_provider(settings, engine), engine, settings)
     from skimage import data
 
+    engine, service = _service(tmp_path)
     original = np.ascontiguousarray(data.astronaut()[128:320, 128:320])
-    buf = io.BytesIO()
-    Image.fromarray(original).save(buf, "PNG")
     stored = service.store_image(
-        buf.getvalue(), bucket="media", key="a.png", scale=2, codec="avif", quality=60, model="span-x2-stored"
+        _png(original), bucket="media", key="a.png", scale=2, codec="avif", quality=60, model="span-x2-stored"
     )
     assert stored.record.model == "span-x2-stored" and stored.model == "span-x2-stored"
     assert service.record("media", "a.png").model == "span-x2-stored"
@@ -105,6 +114,32 @@ def test_a_stored_object_restores_with_the_model_its_record_names(tmp_path: Path
     bicubic = np.asarray(engine.upscale(small, size=(192, 192), model="bicubic"))
     assert np.array_equal(back, tuned)
     assert psnr(original, back, crop_border=2) > psnr(original, bicubic, crop_border=2)
+
+
+def test_the_x1_restorer_is_listed_and_restores_a_full_size_object_end_to_end(tmp_path: Path) -> None:
+    """span-x1-restorer (SPAN x2's blocks, a bounded correction added to the input) is a registry model with its
+    card; an object stored full size as JPEG XL with it names it in its record, and a retrieval restores with it:
+    closer to the original than the stored form itself, and never more than 8 grey levels from it."""
+    spec = registry.MODELS["span-x1-restorer"]
+    assert spec.scale == 1 and spec.family == "span-stored" and registry.resolve("span-stored", 1) is spec
+    param, _ = registry.weight_files(spec)
+    assert "/restorer/skip" in param.read_text() and "PixelShuffle" not in param.read_text()
+    card = param.with_suffix(".md").read_text()
+    assert "held-out" in card and "Licence" in card and "Not measured yet" not in card
+
+    from skimage import data
+
+    _, service = _service(tmp_path)
+    original = np.ascontiguousarray(data.chelsea()[60:252, 100:292])
+    stored = service.store_image(
+        _png(original), bucket="media", key="c.png", scale=1, codec="jxl", quality=50, model="span-x1-restorer"
+    )
+    assert stored.record.model == "span-x1-restorer"
+    back = np.asarray(Image.open(io.BytesIO(service.retrieve_image(bucket="media", key="c.png").data)).convert("RGB"))
+    plain = np.asarray(media.decode_stored(service.store.get("media", "c.png").data).convert("RGB"))
+    assert back.shape == plain.shape == original.shape
+    assert np.abs(back.astype(int) - plain).max() <= 8
+    assert psnr(original, back, crop_border=2) > psnr(original, plain, crop_border=2)
 
 
 # ---- PyTorch: a few real training steps, resume, export ------------------------------------------------------------
@@ -174,7 +209,13 @@ def test_the_x1_restorer_starts_near_the_identity_trains_and_runs_in_ncnn(tmp_pa
 
     run = tmp_path / "run"
     common = ["--data", str(tmp_path / "data"), "--run", str(run), "--scale", "1", "--batch", "2", "--patch", "24"]
-    assert train.main([*common, "--steps", "2", "--quiet", "--threads", "1", "--warmup", "1", "--val-every", "2"]) == 0
+    flags = ["--steps", "2", "--quiet", "--threads", "1", "--warmup", "1", "--val-every", "2"]
+    assert train.main([*common, *flags, "--identity-pairs", "--select", "pooled"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    lossy = [p for p in pairs if p.split == "train" and p.codec not in LOSSLESS]
+    assert summary["train_pairs"] == len(lossy) + len({p.image for p in lossy})  # + each image's lossless form
+    assert summary["select"] == "pooled" and summary["history"][-1]["val"]["psnr_y_pooled"] > 0
+    assert train._pooled([30.0, math.inf]) == pytest.approx(30 + 10 * math.log10(2))  # the mean of the errors
     state = torch.load(run / "last.pt", weights_only=False)["model"]
     param, weights = export.export(state, 1, tmp_path / "restorer", fp16=False)
     assert "PixelShuffle" not in param.read_text() and "/restorer/skip" in param.read_text()
@@ -190,3 +231,18 @@ def test_the_x1_restorer_starts_near_the_identity_trains_and_runs_in_ncnn(tmp_pa
         expected = trained.eval()(x)[0].numpy()
     assert np.asarray(out).shape == expected.shape == (3, *hr.shape[:2])
     assert np.abs(np.asarray(out) - expected).max() < 1e-3
+
+    # The correction is bounded: a last layer pushing every pixel up by a whole range moves none by more than
+    # RESTORER_MAX_CORRECTION, in ncnn as in PyTorch.
+    state["layers_.upsampler_upsampler_0_Conv.bias"] = torch.ones(3)
+    param, weights = export.export(state, 1, tmp_path / "pushed", fp16=False)
+    net = ncnn.Net()
+    assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+    ex = net.create_extractor()
+    ex.input("data", ncnn.Mat(chw))
+    _, out = ex.extract("output")
+    trained.load_state_dict(state)
+    with torch.no_grad():
+        pushed = trained.eval()(x)[0].numpy()
+    for moved in (np.asarray(out) - chw, pushed - chw):
+        assert np.allclose(moved, train.RESTORER_MAX_CORRECTION, atol=1e-5)

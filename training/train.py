@@ -64,12 +64,18 @@ def _last_upsampler(graph: graph_io.Graph) -> tuple[graph_io.Layer, graph_io.Lay
 
 #: Names of what the x1 restorer adds to SPAN x2's graph: the input split in two, and the skip that adds it back.
 RESTORER_SPLIT, RESTORER_SKIP, RESTORER_RESIDUAL = "/restorer/input_split", "/restorer/skip", "/restorer/residual"
+#: The largest correction the x1 restorer may add to a pixel, in [0, 1] units (8 grey levels): the codec's error at
+#: the qualities it restores is a few levels; SPAN x2's features reach the thousands on the sharp edges of flat
+#: synthetic colours, where an unbounded correction of small weights moved pixels by up to 2,000 levels (18-21 dB
+#: lost on a generated image of shapes stored at 55-57 dB). A clip fused into the last convolution (ncnn's
+#: activation 3, which every runtime reads) bounds the harm, and there is no gradient beyond it.
+RESTORER_MAX_CORRECTION = 8 / 255
 
 
 def restorer_param_text() -> str:
     """The ``.param`` of the x1 restorer: SPAN x2's graph (same blocks, same layer names) whose last convolution
-    gives 3 channels, with no pixel shuffle after it, added to the input image (a global skip): an image in, the
-    same size out, the network learning only the correction."""
+    gives 3 channels, with no pixel shuffle after it, clipped to :data:`RESTORER_MAX_CORRECTION` and added to the
+    input image (a global skip): an image in, the same size out, the network learning only the bounded correction."""
     param, weights = registry.weight_files(registry.MODELS["span-x2"])
     graph = graph_io.read(param, weights)
     conv, shuffle = _last_upsampler(graph)
@@ -84,9 +90,10 @@ def restorer_param_text() -> str:
         n_in = int(tokens[2])
         tokens[4 : 4 + n_in] = [kept if t == source else t for t in tokens[4 : 4 + n_in]]
         if tokens[1] == conv.name:
-            fields = [t for t in tokens[6:] if not t.startswith(("0=", "6="))]
+            fields = [t for t in tokens[6:] if not t.startswith(("0=", "6=", "9=", "-23310="))]
             size = 3 * conv.weights["weight"][0].size
-            tokens = [*tokens[:4], tokens[4], RESTORER_RESIDUAL, "0=3", *fields, f"6={size}"]
+            bound = f"-23310=2,{-RESTORER_MAX_CORRECTION:.6e},{RESTORER_MAX_CORRECTION:.6e}"
+            tokens = [*tokens[:4], tokens[4], RESTORER_RESIDUAL, "0=3", *fields, f"6={size}", "9=3", bound]
         rows.append(tokens)
         if tokens[0] == "Input":
             rows.append(["Split", RESTORER_SPLIT, "1", "2", source, kept, skipped])
@@ -142,14 +149,16 @@ class Loaded:
     lr: np.ndarray
 
 
-def load_pairs(folder: Path, scale: int, split: str, max_quality: int = 100) -> list[Loaded]:
+def load_pairs(
+    folder: Path, scale: int, split: str, max_quality: int = 100, identity_pairs: bool = False
+) -> list[Loaded]:
     """The pairs of ``scale`` and ``split`` stored at ``max_quality`` or below (a model for a quality band); at scale
     1 not the lossless ones (the image itself: the search never restores a lossless full-size form, and its PSNR is
-    infinite)."""
+    infinite) unless ``identity_pairs``: then they teach the restorer to leave clean pixels as they are."""
     hrs: dict[str, np.ndarray] = {}
     out = []
     for pair in load_manifest(folder):
-        if pair.scale != scale or pair.split != split or (scale == 1 and pair.codec in LOSSLESS):
+        if pair.scale != scale or pair.split != split or (scale == 1 and pair.codec in LOSSLESS and not identity_pairs):
             continue
         if pair.codec not in LOSSLESS and pair.quality > max_quality:
             continue
@@ -196,7 +205,9 @@ def _centre(arr: np.ndarray, side: int, scale: int = 1) -> np.ndarray:
 
 @torch.no_grad()
 def validate(module: torch.nn.Module, pairs: list[Loaded], scale: int, side: int = 128) -> dict[str, float]:
-    """Mean PSNR-Y (crop = scale) of the model and of bicubic on a centre crop of each validation pair."""
+    """PSNR-Y (crop = scale) of the model and of bicubic on a centre crop of each validation pair: the mean of the
+    pairs' PSNRs, and ``*_pooled``, the PSNR of their mean squared error, which weighs each pair by the error there
+    is to remove rather than letting a pair stored near exactly (50+ dB) decide by a fraction of a grey level."""
     module.eval()
     model_scores, bicubic_scores = [], []
     for item in pairs:
@@ -209,7 +220,17 @@ def validate(module: torch.nn.Module, pairs: list[Loaded], scale: int, side: int
         model_scores.append(psnr(hr, y, crop_border=scale))
         bicubic_scores.append(psnr(hr, up, crop_border=scale))
     module.train()
-    return {"psnr_y": float(np.mean(model_scores)), "bicubic_psnr_y": float(np.mean(bicubic_scores))}
+    return {
+        "psnr_y": float(np.mean(model_scores)),
+        "bicubic_psnr_y": float(np.mean(bicubic_scores)),
+        "psnr_y_pooled": _pooled(model_scores),
+        "bicubic_psnr_y_pooled": _pooled(bicubic_scores),
+    }
+
+
+def _pooled(scores: list[float]) -> float:
+    mse = np.mean([255.0**2 / 10 ** (s / 10) for s in scores])  # inf dB -> 0
+    return float(10 * np.log10(255.0**2 / mse)) if mse > 0 else math.inf
 
 
 def _state(module, opt, step, rng, history, args, seconds: float) -> dict:
@@ -264,7 +285,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device, precision = _device_and_precision(args)
     args.run.mkdir(parents=True, exist_ok=True)
-    train_pairs = load_pairs(args.data, args.scale, "train", args.max_quality)
+    train_pairs = load_pairs(args.data, args.scale, "train", args.max_quality, args.identity_pairs)
     val_pairs = load_pairs(args.data, args.scale, "val", args.max_quality)
     if args.val_limit and len(val_pairs) > args.val_limit:  # evenly spread over images, codecs and qualities
         val_pairs = val_pairs[:: math.ceil(len(val_pairs) / args.val_limit)]
@@ -291,10 +312,11 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_rng_state(state["torch_rng"])
         before = state.get("seconds", 0.0)
         print(f"resumed {last} at step {step}", file=sys.stderr)
-    best = max((h["val"]["psnr_y"] for h in history if "val" in h), default=-math.inf)
+    key = "psnr_y_pooled" if args.select == "pooled" else "psnr_y"
+    best = max((h["val"][key] for h in history if "val" in h), default=-math.inf)
     if step == 0 and val_pairs:
         history.append({"step": 0, "val": validate(module, val_pairs, args.scale)})
-        best = history[-1]["val"]["psnr_y"]
+        best = history[-1]["val"][key]
         print(f"step 0 (stock weights): val {history[-1]['val']}", file=sys.stderr)
     loss_fn = charbonnier if args.loss == "charbonnier" else torch.nn.functional.l1_loss
     running, started = [], time.perf_counter()
@@ -305,8 +327,8 @@ def train(args: argparse.Namespace) -> dict:
             bar.write(f"--max-minutes {args.max_minutes:g} reached at step {step}")
             if val_pairs:
                 history.append({"step": step, "val": validate(module, val_pairs, args.scale)})
-                if history[-1]["val"]["psnr_y"] > best:
-                    best = history[-1]["val"]["psnr_y"]
+                if history[-1]["val"][key] > best:
+                    best = history[-1]["val"][key]
                     _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": history[-1]["val"]})
             _save(last, _state(module, opt, step, rng, history, args, before + time.perf_counter() - started))
             break
@@ -337,8 +359,8 @@ def train(args: argparse.Namespace) -> dict:
             entry = entry or {"step": step}
             entry["val"] = validate(module, val_pairs, args.scale)
             bar.write(f"step {step}: val {entry['val']}")
-            if entry["val"]["psnr_y"] > best:
-                best = entry["val"]["psnr_y"]
+            if entry["val"][key] > best:
+                best = entry["val"][key]
                 _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": entry["val"]})
         if entry:
             history.append(entry)
@@ -357,6 +379,8 @@ def train(args: argparse.Namespace) -> dict:
         "clip_grad": args.clip_grad,
         "optimizer": args.optimizer,
         "max_quality": args.max_quality,
+        "identity_pairs": args.identity_pairs,
+        "select": args.select,
         "device": device.type,
         "precision": precision,
         "train_pairs": len(train_pairs),
@@ -390,6 +414,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--optimizer", choices=("adam", "sgd"), default="adam", help="sgd: momentum 0.9 (steps sized by the gradient)"
+    )
+    p.add_argument(
+        "--select",
+        choices=("mean", "pooled"),
+        default="mean",
+        help="the validation score best.pt keeps the best of: the mean of the pairs' PSNR-Y, or pooled (the PSNR-Y "
+        "of their mean squared error; for the x1 restorer, whose pairs range from 28 to 57 dB as stored)",
+    )
+    p.add_argument(
+        "--identity-pairs",
+        action="store_true",
+        help="x1: train on the lossless forms too, as pairs the restorer must give back unchanged",
     )
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' norm to this; 0 = no clipping")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -62,7 +62,7 @@ class Settings:
     #: Model used when a request names none.
     default_model: str = "span"
     #: Models a quality-targeted store also tries on each lossy form of their own scale (span-x2-stored and
-    #: span-x4-stored, fine-tuned on stored downscaled forms; a x1 model restores full-size forms at their size):
+    #: span-x4-stored, fine-tuned on stored downscaled forms; span-x1-restorer restores full-size forms at their size):
     #: the smallest form meeting the target wins, and its record names the model that restores it. Each adds model
     #: runs.
     target_models: tuple[str, ...] = ()

@@ -97,6 +97,15 @@ MODELS: dict[str, ModelSpec] = {
             **_STORED,
         ),
         ModelSpec(
+            "span-x1-restorer",
+            scale=1,
+            files="models/span-x1-restorer",
+            bytes_per_input_pixel=4_300,
+            description="x1 restorer of full-size AVIF/JPEG XL/WebP-stored forms: SPAN 48ch x2's blocks, a bounded "
+            "correction added to the input (issue 19; upscaler/engine/models/span-x1-restorer.md)",
+            **_STORED,
+        ),
+        ModelSpec(
             "realesr-animevideov3-x2",
             family="realesr-animevideov3",
             scale=2,
