@@ -65,10 +65,10 @@ def _last_upsampler(graph: graph_io.Graph) -> tuple[graph_io.Layer, graph_io.Lay
 #: Names of what the x1 restorer adds to SPAN x2's graph: the input split in two, and the skip that adds it back.
 RESTORER_SPLIT, RESTORER_SKIP, RESTORER_RESIDUAL = "/restorer/input_split", "/restorer/skip", "/restorer/residual"
 #: The largest correction the x1 restorer may add to a pixel, in [0, 1] units (8 grey levels): the codec's error at
-#: the qualities it restores is a few levels; SPAN x2's features reach the thousands on the sharp edges of flat
-#: synthetic colours, where an unbounded correction of small weights moved pixels by up to 2,000 levels (18-21 dB
-#: lost on a generated image of shapes stored at 55-57 dB). A clip fused into the last convolution (ncnn's
-#: activation 3, which every runtime reads) bounds the harm, and there is no gradient beyond it.
+#: the qualities it restores is a few levels; on the sharp edges of flat synthetic colours an unbounded correction
+#: of small weights moved 1.3 % of the pixels by more than 20 levels and some by up to 2,113 (18-21 dB lost on a
+#: generated image of shapes stored at 55-57 dB), so SPAN x2's features there must be very large. A clip fused into
+#: the last convolution (ncnn's activation 3, which every runtime reads) bounds the harm; no gradient goes beyond it.
 RESTORER_MAX_CORRECTION = 8 / 255
 
 
@@ -318,6 +318,16 @@ def train(args: argparse.Namespace) -> dict:
         history.append({"step": 0, "val": validate(module, val_pairs, args.scale)})
         best = history[-1]["val"][key]
         print(f"step 0 (stock weights): val {history[-1]['val']}", file=sys.stderr)
+
+    def scored(at: int) -> dict[str, float]:
+        """Validate the weights of step ``at``; keep them in best.pt when they score the best so far."""
+        nonlocal best
+        val = validate(module, val_pairs, args.scale)
+        if val[key] > best:
+            best = val[key]
+            _save(args.run / "best.pt", {"model": module.state_dict(), "step": at, "val": val})
+        return val
+
     loss_fn = charbonnier if args.loss == "charbonnier" else torch.nn.functional.l1_loss
     running, started = [], time.perf_counter()
     bar = tqdm(total=args.steps, initial=step, desc=f"span-x{args.scale}", unit="step", disable=args.quiet)
@@ -326,10 +336,7 @@ def train(args: argparse.Namespace) -> dict:
         if time.perf_counter() > deadline:  # a wall-clock budget: stop cleanly, checkpoint and validate
             bar.write(f"--max-minutes {args.max_minutes:g} reached at step {step}")
             if val_pairs:
-                history.append({"step": step, "val": validate(module, val_pairs, args.scale)})
-                if history[-1]["val"][key] > best:
-                    best = history[-1]["val"][key]
-                    _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": history[-1]["val"]})
+                history.append({"step": step, "val": scored(step)})
             _save(last, _state(module, opt, step, rng, history, args, before + time.perf_counter() - started))
             break
         time_done = (time.perf_counter() - started) / (60 * args.max_minutes) if args.max_minutes else 0.0
@@ -357,11 +364,8 @@ def train(args: argparse.Namespace) -> dict:
             running = []
         if val_pairs and (step % args.val_every == 0 or step == args.steps):
             entry = entry or {"step": step}
-            entry["val"] = validate(module, val_pairs, args.scale)
+            entry["val"] = scored(step)
             bar.write(f"step {step}: val {entry['val']}")
-            if entry["val"][key] > best:
-                best = entry["val"][key]
-                _save(args.run / "best.pt", {"model": module.state_dict(), "step": step, "val": entry["val"]})
         if entry:
             history.append(entry)
         if step % args.save_every == 0 or step == args.steps:
